@@ -1,0 +1,67 @@
+"""The Celery application: broker, queues, delivery guarantees, events. ``celery -A kprofefe_tasks ...``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from kprofefe_tasks.settings import Settings, get_settings
+
+DISCOVERY_QUEUE = "discovery"  # its own queue: a capture backlog never delays discovery
+CAPTURE_QUEUE = "capture"
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    transport = {
+        # An unacknowledged task (its worker died) is redelivered after this; it must exceed the longest capture
+        # plus its upload retries, or live tasks get run twice.
+        "visibility_timeout": settings.visibility_timeout,
+    }
+    config: dict[str, Any] = {
+        "broker_url": settings.broker_url,
+        "result_backend": settings.results_url,
+        "result_expires": settings.result_expires,
+        "broker_transport_options": transport,
+        "result_backend_transport_options": transport,
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_max_retries": None,  # a Redis restart must not kill the workers
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        # Late acks + reject on worker loss: a capture whose worker died is redelivered, not lost. The delivery
+        # ledger (coordination.Ledger) stops redelivery loops and double uploads.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        # Reserve one task per pool slot: no worker hoards captures that an idle one could run.
+        "worker_prefetch_multiplier": 1,
+        "task_routes": {
+            "kprofefe.discover": {"queue": DISCOVERY_QUEUE},
+            "kprofefe.capture": {"queue": CAPTURE_QUEUE},
+            "kprofefe.drain_spool": {"queue": CAPTURE_QUEUE},
+        },
+        "task_default_queue": CAPTURE_QUEUE,
+        # Flower and `celery events` need these.
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "task_track_started": True,
+        "worker_hijack_root_logger": True,
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
+        "broker_pool_limit": 10,
+    }
+    if settings.broker_url.startswith("amqp"):
+        config["broker_transport_options"] = {}
+    return config
+
+
+def create_app(settings: Settings | None = None) -> Celery:
+    settings = settings or get_settings()
+    celery_app = Celery("kprofefe_tasks", include=["kprofefe_tasks.tasks"])
+    celery_app.conf.update(celery_config(settings))
+    import beat_schedule  # the top-level, operator-facing schedule module
+
+    celery_app.conf.beat_schedule = beat_schedule.build(settings)
+    return celery_app
+
+
+app = create_app()

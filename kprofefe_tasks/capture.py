@@ -1,0 +1,193 @@
+"""Taking one profile from one pod: the HTTP request, its deadlines and caps, and the answer's classification.
+
+A capture connects only to the pod's own IP and declared port (or goes through the API server's pods/proxy
+subresource): never a host from an annotation, never a redirect. Every body is bounded in size, time and
+decompressed size, and checked to be pprof before anyone stores it.
+"""
+
+from __future__ import annotations
+
+import http.client
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import requests
+
+from kprofefe_tasks import pprof
+from kprofefe_tasks.errors import PermanentError, SkipError, TemporaryError
+from kprofefe_tasks.kube import Kube, ProxiedAnswer
+from kprofefe_tasks.settings import Settings
+from kprofefe_tasks.targets import Target
+
+CHUNK_BYTES = 64 * 1024  # one socket read; small enough that a deadline check runs often
+CPU_BUSY_MARKER = b"cpu profiling already in use"  # Go's answer to a second concurrent CPU profile
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A validated pprof payload, ready for a sink."""
+
+    body: bytes
+    info: pprof.ProfileInfo
+    taken_at: float  # unix seconds when the capture finished
+    duration: float  # seconds the capture took, CPU window included
+
+
+def request_for(target: Target, ptype: str, cpu_seconds: int) -> tuple[str, dict[str, str]]:
+    """The pprof path and query for a profile type: ``cpu`` is Go's ``/profile?seconds=N``."""
+    base = target.path.rstrip("/")
+    if ptype == "cpu":
+        return f"{base}/profile", {"seconds": str(cpu_seconds)}
+    return f"{base}/{ptype}", {}
+
+
+def deadline_for(settings: Settings, ptype: str, cpu_seconds: int) -> float:
+    """Seconds a whole capture may take: the CPU window plus a margin, or the snapshot read timeout."""
+    return settings.cpu_deadline(cpu_seconds) if ptype == "cpu" else settings.read_timeout
+
+
+def _read_capped(read1: Callable[[int], bytes], limit: int, deadline: float, what: str) -> bytes:
+    """Read a body chunk by chunk; a never-ending or slow-drip body fails on size or time, not memory."""
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        if time.monotonic() > deadline:
+            raise TemporaryError(
+                f"{what}: body not complete before the deadline ({size} bytes read)", reason="slow-body"
+            )
+        chunk = read1(CHUNK_BYTES)
+        if not chunk:
+            return b"".join(parts)
+        size += len(chunk)
+        if size > limit:
+            raise PermanentError(f"{what}: body larger than {limit} bytes", reason="too-large")
+        parts.append(chunk)
+
+
+def classify_status(status: int, body: bytes, headers: Mapping[str, str], what: str, cpu_seconds: int) -> None:
+    """Raise the right error for a non-200 answer from a pprof endpoint."""
+    snippet = body[:200].decode("utf-8", "replace")
+    if status == 500 and CPU_BUSY_MARKER in body:
+        # someone else (a human with go tool pprof?) holds the CPU profiler; it is free after a window
+        raise TemporaryError(f"{what}: {snippet}", reason="cpu-busy", delay=float(cpu_seconds))
+    if 300 <= status < 400:
+        raise PermanentError(f"{what}: redirect to {headers.get('Location', '?')!r} not followed", reason="redirect")
+    if status == 404:
+        raise PermanentError(f"{what}: 404 {snippet}", reason="not-found")
+    if status == 429:
+        raise TemporaryError(f"{what}: 429 {snippet}", reason="target-429", delay=retry_after(headers))
+    if status >= 500:
+        raise TemporaryError(f"{what}: {status} {snippet}", reason="target-5xx")
+    raise PermanentError(f"{what}: {status} {snippet}", reason=f"target-{status // 100}xx")
+
+
+def retry_after(headers: Mapping[str, str]) -> float | None:
+    """A ``Retry-After`` in seconds (the HTTP-date form is rare from these servers and ignored)."""
+    for key, value in headers.items():
+        if key.lower() == "retry-after":
+            try:
+                return max(0.0, float(value))
+            except ValueError:
+                return None
+    return None
+
+
+def validate(body: bytes, what: str, max_decompressed: int) -> pprof.ProfileInfo:
+    """Check that ``body`` is a pprof profile; an empty one is a skip, anything else not pprof is permanent."""
+    try:
+        info = pprof.inspect(body, max_decompressed)
+    except pprof.PprofError as exc:
+        raise PermanentError(f"{what}: not a pprof profile ({exc})", reason=f"invalid-{exc.reason}") from exc
+    if info.is_empty:
+        raise SkipError(f"{what}: profile has no samples", reason="empty")
+    return info
+
+
+def fetch(
+    target: Target,
+    ptype: str,
+    settings: Settings,
+    *,
+    cpu_seconds: int,
+    session: requests.Session | None = None,
+    kube: Kube | None = None,
+) -> Profile:
+    """Take one profile. Direct to the pod IP by default; through the API server when ``kube`` is given."""
+    path, params = request_for(target, ptype, cpu_seconds)
+    what = f"{target.key} {ptype}"
+    total = deadline_for(settings, ptype, cpu_seconds)
+    timeout = (settings.connect_timeout, total)
+    started = time.monotonic()
+    deadline = started + total
+    if kube is not None:
+        answer = kube.proxy_get(target.namespace, target.pod, target.port, path, params, timeout)
+        if isinstance(answer, ProxiedAnswer):
+            classify_status(answer.status, answer.body, answer.headers, what, cpu_seconds)
+            raise PermanentError(f"{what}: unexpected answer {answer.status}", reason="target-error")
+        try:
+            status = int(answer.status)
+            headers = dict(answer.headers)
+            body = _read_capped(
+                lambda n: answer.read1(n, decode_content=False), settings.max_profile_bytes, deadline, what
+            )
+        except OSError as exc:
+            raise TemporaryError(f"{what}: {exc}", reason="target-unreachable") from exc
+        finally:
+            answer.release_conn()
+    else:
+        web = session or requests.Session()
+        url = f"http://{target.address}{path}"
+        try:
+            response = web.get(url, params=params, timeout=timeout, stream=True, allow_redirects=False)
+        except requests.Timeout as exc:
+            raise TemporaryError(f"{what}: timed out ({exc.__class__.__name__})", reason="target-timeout") from exc
+        except requests.ConnectionError as exc:
+            cause = _innermost(exc)
+            if isinstance(cause, http.client.HTTPException) and not isinstance(cause, ConnectionError):
+                # not HTTP at all (TLS on a plain port, another protocol): retrying gets the same bytes
+                raise PermanentError(
+                    f"{what}: not an HTTP answer: {_root_cause(exc)}", reason="target-protocol"
+                ) from exc
+            raise TemporaryError(f"{what}: {_root_cause(exc)}", reason="target-unreachable") from exc
+        except requests.RequestException as exc:
+            raise PermanentError(f"{what}: {exc}", reason="target-protocol") from exc
+        try:
+            status = response.status_code
+            headers = dict(response.headers)
+            raw = response.raw
+            body = _read_capped(
+                lambda n: raw.read1(n, decode_content=False), settings.max_profile_bytes, deadline, what
+            )
+        except (requests.RequestException, OSError) as exc:
+            raise TemporaryError(f"{what}: body read failed: {_root_cause(exc)}", reason="target-reset") from exc
+        except Exception as exc:  # urllib3 protocol errors (bad chunking, a TLS record) are not OSErrors
+            if isinstance(exc, (PermanentError, TemporaryError)):
+                raise
+            raise PermanentError(f"{what}: {exc.__class__.__name__}: {exc}", reason="target-protocol") from exc
+        finally:
+            response.close()
+    if status != 200:
+        classify_status(status, body, headers, what, cpu_seconds)
+    info = validate(body, what, settings.max_decompressed_bytes)
+    finished = time.monotonic()
+    return Profile(body=body, info=info, taken_at=time.time(), duration=finished - started)
+
+
+def _innermost(exc: BaseException) -> BaseException:
+    """requests wraps urllib3 wraps the socket or http.client error that says what happened."""
+    seen = exc
+    for _ in range(10):
+        inner = seen.__cause__ or seen.__context__
+        if inner is None:
+            break
+        seen = inner
+    for arg in getattr(seen, "args", ()):  # urllib3's ProtocolError carries the cause as an argument
+        if isinstance(arg, BaseException):
+            return arg
+    return seen
+
+
+def _root_cause(exc: BaseException) -> str:
+    cause = _innermost(exc)
+    return f"{cause.__class__.__name__}: {cause}"

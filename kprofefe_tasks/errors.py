@@ -1,0 +1,63 @@
+"""One exception tree for everything that can go wrong with a target, a profile or a sink.
+
+Every failure is classified by what a retry can do about it, because that decides what the worker does next::
+
+    KprofefeError                 base; ``reason`` is a short machine word used as a metric label
+    ├── TemporaryError            a retry may help (timeouts, refused connections, 5xx, 429); ``delay`` hints when
+    ├── PermanentError            a retry will not help (HTML instead of pprof, 404, bad annotation, 4xx)
+    │   └── ConfigError           our own configuration is wrong; raised at start-up, never per target
+    └── SkipError                 nothing is wrong, there is just nothing to store (empty profile, pod gone)
+
+Messages are truncated so an HTML error page never floods a log line.
+"""
+
+from __future__ import annotations
+
+MAX_MESSAGE_CHARS = 300  # a log line, not a dump of the body that caused it
+
+
+def _clip(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= MAX_MESSAGE_CHARS else text[: MAX_MESSAGE_CHARS - 3] + "..."
+
+
+class KprofefeError(Exception):
+    """Base of every error this package raises on purpose."""
+
+    default_reason = "error"
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        self.message = _clip(message)
+        self.reason = reason or self.default_reason
+        super().__init__(self.message)
+
+    def __str__(self) -> str:
+        return f"{self.reason}: {self.message}"
+
+
+class TemporaryError(KprofefeError):
+    """A retry may succeed. ``delay`` is the server's or our own hint, in seconds (None: use backoff)."""
+
+    default_reason = "temporary"
+
+    def __init__(self, message: str, *, reason: str | None = None, delay: float | None = None) -> None:
+        super().__init__(message, reason=reason)
+        self.delay = delay
+
+
+class PermanentError(KprofefeError):
+    """Retrying the same request gives the same answer."""
+
+    default_reason = "permanent"
+
+
+class ConfigError(PermanentError):
+    """A setting or schedule entry is invalid; names the variable and what it accepts."""
+
+    default_reason = "config"
+
+
+class SkipError(KprofefeError):
+    """Nothing to store, and that is normal (an empty block profile, a pod deleted since discovery)."""
+
+    default_reason = "skipped"

@@ -1,0 +1,73 @@
+"""Prometheus metrics, and the small HTTP endpoint that serves them with ``/healthz``.
+
+Workers run the gevent or threads pool (one process), so the default registry is correct; prefork would need
+prometheus-client's multiprocess mode and is not supported for metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+
+log = logging.getLogger(__name__)
+
+CAPTURES = Counter(
+    "kprofefe_captures_total",
+    "Capture outcomes: ok, empty, spooled, rejected, skipped, duplicate, retried, failed, expired, poison.",
+    ["type", "outcome", "reason"],
+)
+CAPTURE_SECONDS = Histogram(
+    "kprofefe_capture_duration_seconds",
+    "Time to take a profile from a pod, CPU window included.",
+    ["type"],
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 30, 45, 60, 120),
+)
+UPLOAD_SECONDS = Histogram(
+    "kprofefe_upload_duration_seconds",
+    "Time to store a profile, retries and rate-limit waits included.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+PROFILE_BYTES = Counter("kprofefe_profile_bytes_total", "Bytes of profiles taken.", ["type"])
+UPLOAD_RETRIES = Counter("kprofefe_upload_retries_total", "Upload attempts that failed and were retried.", ["reason"])
+RATE_LIMIT_WAIT = Counter("kprofefe_rate_limit_wait_seconds_total", "Seconds spent waiting for the upload rate.")
+TARGETS = Counter("kprofefe_targets_discovered_total", "Pods found ready for capture by discovery.")
+SKIPPED = Counter("kprofefe_targets_skipped_total", "Pods in scope that discovery skipped.", ["reason"])
+ROUNDS = Counter("kprofefe_rounds_total", "Discovery rounds, by outcome.", ["outcome"])
+SPOOL_PROFILES = Gauge("kprofefe_spool_profiles", "Profiles waiting in this worker's spool.")
+SPOOL_BYTES = Gauge("kprofefe_spool_bytes", "Bytes waiting in this worker's spool.")
+SPOOL_DROPPED = Counter("kprofefe_spool_dropped_total", "Spooled profiles dropped to stay under the cap.")
+
+
+class _Handler(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        if self.path.split("?")[0] == "/metrics":
+            body, ctype, code = generate_latest(), CONTENT_TYPE_LATEST, 200
+        elif self.path.split("?")[0] == "/healthz":
+            # liveness of this process only: probing the broker from every replica would hammer it
+            body, ctype, code = b"ok\n", "text/plain", 200
+        else:
+            body, ctype, code = b"not found\n", "text/plain", 404
+        self.send_response(code)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass  # a scrape every 15 s is not news
+
+
+def serve(port: int, host: str = "0.0.0.0") -> ThreadingHTTPServer | None:
+    """Serve ``/metrics`` and ``/healthz`` on ``port`` in a daemon thread; None when the port is taken."""
+    try:
+        server = ThreadingHTTPServer((host, port), _Handler)
+    except OSError as exc:
+        log.warning("metrics endpoint not started on port %d: %s", port, exc)
+        return None
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="kprofefe-metrics", daemon=True).start()
+    log.info("metrics on http://%s:%d/metrics", host, server.server_address[1])
+    return server

@@ -1,0 +1,312 @@
+"""Every setting in one place, each with its unit and the reason for its default.
+
+Environment variables (prefix ``KPROFEFE_``) are read only here, and only by :func:`from_env` — the rest of the
+package receives a :class:`Settings` value. The README's configuration table is generated from the field metadata
+(``python -m kprofefe_tasks.settings``), so it cannot drift from the code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kprofefe_tasks.errors import ConfigError
+
+ENV_PREFIX = "KPROFEFE_"
+
+#: profefe's type names, in the order a round takes them. ``cpu`` is Go's ``/profile?seconds=N``.
+PROFILE_TYPES = ("cpu", "heap", "block", "mutex", "goroutine", "threadcreate")
+
+MIB = 1024 * 1024
+
+
+def _doc(text: str, unit: str = "") -> dict[str, str]:
+    return {"doc": text, "unit": unit}
+
+
+@dataclass(frozen=True)
+class Settings:
+    broker_url: str = field(
+        default="redis://127.0.0.1:6379/0",
+        metadata=_doc(
+            "Celery broker. Redis by default; `amqp://` (RabbitMQ) works too, with Redis kept for "
+            "locks and limits (`KPROFEFE_REDIS_URL`)."
+        ),
+    )
+    redis_url: str = field(
+        default="",
+        metadata=_doc(
+            "Redis for the cluster-wide rate limit, per-pod CPU locks and delivery ledger. Empty: the "
+            "broker URL when that is Redis, else `redis://127.0.0.1:6379/0`."
+        ),
+    )
+    result_backend: str = field(
+        default="",
+        metadata=_doc("Where task results go so a shell or Flower can see outcomes. Empty: `KPROFEFE_REDIS_URL`."),
+    )
+    result_expires: int = field(
+        default=3600,
+        metadata=_doc("How long a task's result is kept; a round is long over by then.", "s"),
+    )
+    profefe_url: str = field(
+        default="",
+        metadata=_doc(
+            "profefe base URL, e.g. `http://profefe:10100`. Empty: write files to `KPROFEFE_OUTPUT_DIR` instead."
+        ),
+    )
+    output_dir: Path = field(
+        default=Path("/tmp/kprofefe/profiles"),
+        metadata=_doc(
+            "Directory sink when no profefe URL is set: `<dir>/<namespace>/profile-<type>-<pod>-"
+            "<unix seconds>.pb.gz` (kube-profefe's names, one folder per namespace)."
+        ),
+    )
+    spool_dir: Path = field(
+        default=Path("/tmp/kprofefe/spool"),
+        metadata=_doc(
+            "Profiles that profefe did not accept within the retry budget wait here and are re-sent "
+            "when it answers again. Put it on a volume so it survives a restart."
+        ),
+    )
+    spool_max_bytes: int = field(
+        default=1024 * MIB,
+        metadata=_doc("Spool size cap; past it the oldest spooled profiles are dropped (logged, counted).", "bytes"),
+    )
+    spool_drain_interval: float = field(
+        default=15.0,
+        metadata=_doc("How often a worker tries to re-send its spool.", "s"),
+    )
+    types: tuple[str, ...] = field(
+        default=PROFILE_TYPES,
+        metadata=_doc(
+            "Profile types captured when a schedule entry or pod does not say otherwise "
+            "(comma-separated profefe names)."
+        ),
+    )
+    cpu_seconds: int = field(
+        default=30,
+        metadata=_doc("CPU profile window (Go's `?seconds=`); Go's own default.", "s"),
+    )
+    connect_timeout: float = field(
+        default=3.0,
+        metadata=_doc("TCP connect timeout to a pod or profefe; a pod that needs longer is not healthy.", "s"),
+    )
+    read_timeout: float = field(
+        default=30.0,
+        metadata=_doc("Read timeout for snapshot profiles, and the overall deadline of their transfer.", "s"),
+    )
+    read_margin: float = field(
+        default=10.0,
+        metadata=_doc(
+            "Added to the CPU window for the CPU request's deadline: Go answers only after the window, "
+            "then needs time to encode and send.",
+            "s",
+        ),
+    )
+    max_profile_bytes: int = field(
+        default=64 * MIB,
+        metadata=_doc("Largest accepted response body; big services' heaps are a few MB, so this is ample.", "bytes"),
+    )
+    max_decompressed_bytes: int = field(
+        default=512 * MIB,
+        metadata=_doc("Largest accepted profile after gunzip (a gzip bomb stops here).", "bytes"),
+    )
+    upload_rate: float = field(
+        default=200.0,
+        metadata=_doc(
+            "Cluster-wide uploads per second to profefe, shared by all workers through Redis "
+            "(Celery's `rate_limit` is per worker). 0 disables.",
+            "1/s",
+        ),
+    )
+    upload_burst: int = field(
+        default=400,
+        metadata=_doc("Token bucket size for the upload rate: a round's snapshot profiles arrive together.", "uploads"),
+    )
+    upload_timeout: float = field(
+        default=30.0,
+        metadata=_doc("Read timeout of one upload to profefe.", "s"),
+    )
+    upload_attempts: int = field(
+        default=5,
+        metadata=_doc("Upload attempts (with backoff) before a profile goes to the spool.", "attempts"),
+    )
+    backoff_base: float = field(
+        default=0.5,
+        metadata=_doc("First retry delay; doubles each attempt, full jitter.", "s"),
+    )
+    backoff_max: float = field(
+        default=30.0,
+        metadata=_doc("Cap on one retry delay (a `Retry-After` is honoured up to this).", "s"),
+    )
+    capture_retries: int = field(
+        default=2,
+        metadata=_doc(
+            "Re-tries of a capture whose target failed temporarily (refused, timeout, 5xx, CPU busy).", "retries"
+        ),
+    )
+    max_deliveries: int = field(
+        default=3,
+        metadata=_doc(
+            "A capture redelivered after worker deaths more than this many times is dropped as "
+            "poison (counted) instead of killing workers forever.",
+            "deliveries",
+        ),
+    )
+    max_inflight_captures: int = field(
+        default=0,
+        metadata=_doc(
+            "Cluster-wide bound on captures in flight (a Redis semaphore), to protect the API server in "
+            "proxy mode or the network. 0: only each worker's pool size bounds it.",
+            "captures",
+        ),
+    )
+    visibility_timeout: int = field(
+        default=900,
+        metadata=_doc(
+            "Redis broker: a task unacknowledged this long (its worker died) is redelivered. Must exceed "
+            "the longest capture plus its upload retries.",
+            "s",
+        ),
+    )
+    capture_expires: int = field(
+        default=600,
+        metadata=_doc(
+            "A capture triggered by hand that waited this long in the queue is dropped (counted). "
+            "Scheduled captures expire after their entry's interval instead.",
+            "s",
+        ),
+    )
+    capture_via: str = field(
+        default="direct",
+        metadata=_doc(
+            "`direct`: GET the pod IP (workers in the cluster). `proxy`: through the API server's "
+            "pods/proxy subresource (needs `get pods/proxy`)."
+        ),
+    )
+    kube_page_size: int = field(
+        default=500,
+        metadata=_doc("Pods per page when listing (`limit`/`continue`), bounding memory and API server load.", "pods"),
+    )
+    schedule_file: str = field(
+        default="",
+        metadata=_doc("YAML or JSON file with the beat schedule entries (see `beat_schedule.py`)."),
+    )
+    schedule: str = field(
+        default="",
+        metadata=_doc(
+            "The schedule inline (YAML/JSON); wins over the file. Empty and no file: every namespace every 10 minutes."
+        ),
+    )
+    spread: bool = field(
+        default=True,
+        metadata=_doc(
+            "Spread a scheduled round's captures over its interval by a hash of the target, instead of all at once."
+        ),
+    )
+    metrics_port: int = field(
+        default=9808,
+        metadata=_doc("Port of the Prometheus `/metrics` and `/healthz` endpoint in each worker; 0 disables."),
+    )
+    log_format: str = field(default="text", metadata=_doc("`text` or `json` (one object per line)."))
+    log_level: str = field(default="INFO", metadata=_doc("Python logging level."))
+
+    @property
+    def locks_redis_url(self) -> str:
+        if self.redis_url:
+            return self.redis_url
+        if self.broker_url.startswith(("redis://", "rediss://", "unix://")):
+            return self.broker_url
+        return "redis://127.0.0.1:6379/0"
+
+    @property
+    def results_url(self) -> str:
+        return self.result_backend or self.locks_redis_url
+
+    def cpu_deadline(self, seconds: int) -> float:
+        return seconds + self.read_margin
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+def _parse(f: dataclasses.Field[Any], raw: str) -> Any:
+    name = ENV_PREFIX + f.name.upper()
+    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    raw = raw.strip()
+    try:
+        if kind == "int":
+            value: Any = int(raw)
+            if value < 0:
+                raise ValueError("must not be negative")
+            return value
+        if kind == "float":
+            value = float(raw)
+            if value < 0:
+                raise ValueError("must not be negative")
+            return value
+        if kind == "bool":
+            lowered = raw.lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError("expected true or false")
+        if kind == "Path":
+            return Path(raw)
+        if kind == "tuple[str, ...]":
+            items = tuple(t for t in (p.strip() for p in raw.replace(" ", ",").split(",")) if t)
+            unknown = [t for t in items if t not in PROFILE_TYPES]
+            if unknown or not items:
+                raise ValueError(f"unknown types {unknown}; choose from {', '.join(PROFILE_TYPES)}")
+            return items
+        return raw
+    except ValueError as exc:
+        raise ConfigError(f"{name}={raw!r}: {exc}") from exc
+
+
+def from_env(environ: Mapping[str, str] | None = None) -> Settings:
+    """Build settings from ``KPROFEFE_*`` variables; an invalid value raises :class:`ConfigError` naming it."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(Settings):
+        raw = env.get(ENV_PREFIX + f.name.upper())
+        if raw is not None and raw.strip() != "":
+            values[f.name] = _parse(f, raw)
+    settings = Settings(**values)
+    if settings.capture_via not in ("direct", "proxy"):
+        raise ConfigError(f"KPROFEFE_CAPTURE_VIA={settings.capture_via!r}: expected direct or proxy")
+    if settings.log_format not in ("text", "json"):
+        raise ConfigError(f"KPROFEFE_LOG_FORMAT={settings.log_format!r}: expected text or json")
+    if settings.cpu_seconds < 1:
+        raise ConfigError("KPROFEFE_CPU_SECONDS must be at least 1")
+    return settings
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment once."""
+    return from_env()
+
+
+def markdown_table() -> str:
+    """The README's configuration table, from the field metadata."""
+    rows = ["| variable | default | unit | meaning |", "|---|---|---|---|"]
+    for f in dataclasses.fields(Settings):
+        default = f.default
+        if isinstance(default, tuple):
+            default = ",".join(default)
+        shown = f"`{default}`" if default not in ("", None) else "(empty)"
+        rows.append(
+            f"| `{ENV_PREFIX}{f.name.upper()}` | {shown} | {f.metadata.get('unit', '')} | {f.metadata['doc']} |"
+        )
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(markdown_table())
