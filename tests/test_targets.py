@@ -1,0 +1,128 @@
+"""Pod → target or skip: every annotation rule, the service order, labels, and the skip reasons."""
+
+from __future__ import annotations
+
+import pytest
+
+from kprofefe_tasks.settings import PROFILE_TYPES
+from kprofefe_tasks.targets import Skip, Target, pod_to_target, workload_name
+from tests.podfactory import pod
+
+
+def target(p: dict) -> Target:
+    result = pod_to_target(p, PROFILE_TYPES)
+    assert isinstance(result, Target), result
+    return result
+
+
+def skip(p: dict) -> Skip:
+    result = pod_to_target(p, PROFILE_TYPES)
+    assert isinstance(result, Skip), result
+    return result
+
+
+def test_annotated_running_ready_pod_becomes_a_target_with_defaults() -> None:
+    t = target(pod(owner=("ReplicaSet", "api-7d9f8c6b5"), labels={"pod-template-hash": "7d9f8c6b5"}))
+    assert (t.ip, t.port, t.path) == ("10.1.2.3", 6060, "/debug/pprof")
+    assert t.types == PROFILE_TYPES
+    assert t.service == "api"  # the Deployment's name, not the churning pod name
+    assert dict(t.labels) == {
+        "namespace": "web",
+        "pod": "api-7d9f8c6b5-x2x2x",
+        "container": "app",
+        "node": "node-a",
+        "from": "kprofefe-tasks",
+    }
+    assert t.key == "web/api-7d9f8c6b5-x2x2x"
+    assert Target.from_dict(t.to_dict()) == t
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "reason"),
+    [
+        ({"enable": False}, "not-enabled"),
+        ({"annotations": {"profefe.com/enable": "True"}}, "bad-enable"),
+        ({"annotations": {"profefe.com/enable": "false"}}, "not-enabled"),
+        ({"phase": "Pending"}, "not-running"),
+        ({"phase": "Succeeded"}, "not-running"),
+        ({"ready": False}, "not-ready"),
+        ({"deleting": True}, "terminating"),
+        ({"ip": None}, "no-ip"),
+        ({"annotations": {"profefe.com/port": "abc"}}, "bad-port"),
+        ({"annotations": {"profefe.com/port": "0"}}, "bad-port"),
+        ({"annotations": {"profefe.com/port": "65536"}}, "bad-port"),
+        ({"annotations": {"profefe.com/port": "-1"}}, "bad-port"),
+        ({"annotations": {"profefe.com/port": "６０６０"}}, "bad-port"),  # full-width digits are not a port
+        ({"annotations": {"profefe.com/port": "metrics"}}, "bad-port"),  # no container port by that name
+        ({"annotations": {"profefe.com/path": "../../x"}}, "bad-path"),
+        ({"annotations": {"profefe.com/path": "http://elsewhere/"}}, "bad-path"),
+        ({"annotations": {"profefe.com/path": "/debug/../../etc"}}, "bad-path"),
+        ({"annotations": {"profefe.com/path": "/x?y=1"}}, "bad-path"),
+        ({"annotations": {"profefe.com/path": "/" + "a" * 10_000}}, "bad-path"),
+        ({"annotations": {"profefe.com/path": "relative/path"}}, "bad-path"),
+        ({"annotations": {"profefe.com/service": "   "}}, "bad-service"),
+        ({"annotations": {"profefe.com/service": "a\nb"}}, "bad-service"),
+        ({"annotations": {"profefe.com/service": "x" * 300}}, "bad-service"),
+        ({"annotations": {"profefe.com/types": "heap,allocs"}}, "bad-types"),
+        ({"annotations": {"profefe.com/types": "CPU"}}, "bad-types"),
+        ({"annotations": {"profefe.com/types": " , "}}, "bad-types"),
+        ({"annotations": {"profefe.com/container": "sidecar"}}, "bad-container"),
+    ],
+)
+def test_skip_reasons(kwargs: dict, reason: str) -> None:
+    s = skip(pod(**kwargs))
+    assert s.reason == reason
+    assert s.detail  # every skip says why in words
+
+
+def test_port_annotation_with_blanks_is_read_and_named_ports_resolve() -> None:
+    assert target(pod(annotations={"profefe.com/port": " 6061 "})).port == 6061
+    p = pod(annotations={"profefe.com/port": "pprof"}, containers=[("app", [("http", 8080), ("pprof", 7070)])])
+    assert target(p).port == 7070
+
+
+def test_path_annotation_is_honoured_and_normalised() -> None:
+    assert target(pod(annotations={"profefe.com/path": "/internal/pprof/"})).path == "/internal/pprof"
+
+
+def test_types_annotation_restricts_and_dedups() -> None:
+    assert target(pod(annotations={"profefe.com/types": "heap cpu,heap"})).types == ("heap", "cpu")
+
+
+def test_service_order() -> None:
+    annotated = pod(annotations={"profefe.com/service": "billing api, v2=x"}, labels={"app.kubernetes.io/name": "n"})
+    assert target(annotated).service == "billing api, v2=x"  # kept verbatim; the client escapes it
+    assert target(pod(labels={"app.kubernetes.io/name": "checkout"})).service == "checkout"
+    assert target(pod(name="db-0", owner=("StatefulSet", "db"))).service == "db"
+    assert target(pod(name="agent-xk2", owner=("DaemonSet", "agent"))).service == "agent"
+    assert target(pod(name="bare")).service == "bare"
+    # a ReplicaSet without the hash label keeps its own name rather than guessing a suffix away
+    assert target(pod(name="rs-abc", owner=("ReplicaSet", "rs-1234"))).service == "rs-1234"
+
+
+def test_workload_name_strips_only_the_pod_template_hash() -> None:
+    meta = {
+        "labels": {"pod-template-hash": "5d8f9"},
+        "ownerReferences": [{"kind": "ReplicaSet", "name": "my-app-5d8f9", "controller": True}],
+    }
+    assert workload_name(meta) == "my-app"
+    assert workload_name({"ownerReferences": [{"kind": "ReplicaSet", "name": "x", "controller": False}]}) is None
+
+
+def test_multi_container_pod_is_captured_once_from_the_right_container() -> None:
+    containers = [("istio-proxy", [15090]), ("app", [8080, 6060])]
+    t = target(pod(containers=containers))
+    assert t.container == "app"  # the container that declares the pprof port
+    chosen = target(
+        pod(containers=containers, annotations={"profefe.com/container": "istio-proxy", "profefe.com/port": "15090"})
+    )
+    assert (chosen.container, chosen.port) == ("istio-proxy", 15090)
+
+
+def test_version_label_is_carried() -> None:
+    t = target(pod(labels={"app.kubernetes.io/version": "1.4.2"}))
+    assert dict(t.labels)["version"] == "1.4.2"
+
+
+def test_ipv6_address_is_bracketed() -> None:
+    assert target(pod(ip="fd00::12")).address == "[fd00::12]:6060"
