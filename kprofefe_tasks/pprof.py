@@ -65,8 +65,6 @@ _WT_I64 = 1
 _WT_LEN = 2
 _WT_I32 = 5
 
-_TEXT_CONTROL_OK = frozenset(b"\t\n\r\f\v")
-
 
 class PprofError(ValueError):
     """The bytes are not a usable pprof profile. ``reason`` is one word from the module docstring."""

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from kprofefe_tasks import tasks
+from kprofefe_tasks import pprof, tasks
 from kprofefe_tasks.sandbox import gotarget
 from kprofefe_tasks.sandbox.farm import Behavior
 from kprofefe_tasks.sandbox.kubeapi import make_pod
@@ -175,3 +175,6 @@ def test_a_real_go_program_is_profiled(stack: Stack) -> None:
     assert report["ok"] == 6, (report, stack.logs())
     assert {p.type for p in stack.profefe.profiles} == set(PROFILE_TYPES)
     assert all(p.service == "go-0" for p in stack.profefe.profiles)
+    # Go records the window it was asked for in the profile itself: the CPU request asked for 1 s, not Go's 30
+    cpu = next(p for p in stack.profefe.profiles if p.type == "cpu")
+    assert 0.9e9 <= pprof.inspect(cpu.body).duration_nanos <= 3e9

@@ -52,7 +52,10 @@ def test_annotated_running_ready_pod_becomes_a_target_with_defaults() -> None:
         ({"annotations": {"profefe.com/port": "0"}}, "bad-port"),
         ({"annotations": {"profefe.com/port": "65536"}}, "bad-port"),
         ({"annotations": {"profefe.com/port": "-1"}}, "bad-port"),
-        ({"annotations": {"profefe.com/port": "６０６０"}}, "bad-port"),  # full-width digits are not a port
+        (
+            {"annotations": {"profefe.com/port": "\uff16\uff10\uff16\uff10"}},
+            "bad-port",
+        ),  # full-width digits are not a port
         ({"annotations": {"profefe.com/port": "metrics"}}, "bad-port"),  # no container port by that name
         ({"annotations": {"profefe.com/path": "../../x"}}, "bad-path"),
         ({"annotations": {"profefe.com/path": "http://elsewhere/"}}, "bad-path"),
