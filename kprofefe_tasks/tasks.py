@@ -618,11 +618,18 @@ def _drain_forever(stop: threading.Event, interval: float) -> None:
 _stop_drainer = threading.Event()
 
 
-@signals.worker_ready.connect
-def _on_worker_ready(**_: Any) -> None:
+@signals.worker_init.connect
+@signals.beat_init.connect
+def _serve_metrics(**_: Any) -> None:
+    """Before the broker connection: /healthz answers for a live process even while Redis is still coming up."""
     settings = get_settings()
     if settings.metrics_port:
         metrics.serve(settings.metrics_port)
+
+
+@signals.worker_ready.connect
+def _on_worker_ready(**_: Any) -> None:
+    settings = get_settings()
     if settings.profefe_url:
         threading.Thread(
             target=_drain_forever,

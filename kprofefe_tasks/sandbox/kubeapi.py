@@ -26,6 +26,7 @@ import ipaddress
 import json
 import logging
 import re
+import signal
 import socket
 import sys
 import threading
@@ -533,7 +534,8 @@ def pod_table(pod_list: JSON) -> JSON:
             status.get("podIP") or "<none>",
             spec.get("nodeName") or "<none>",
         ]
-        row_meta = {k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp")}
+        # kubectl reads namespace, labels and age columns from this object, not from the cells.
+        row_meta = copy.deepcopy(meta)
         rows.append(
             {
                 "cells": cells,
@@ -599,6 +601,8 @@ class KubeAPIServer:
         if self._httpd is not None:
             raise RuntimeError("KubeAPIServer already started")
         self._httpd = _HTTPServer((self.host, self._port), _Handler, self)
+        # Pinned so that a stop()/start() cycle (an API server outage) comes back on the same URL.
+        self._port = int(self._httpd.server_address[1])
         self._thread = threading.Thread(
             target=self._httpd.serve_forever, kwargs={"poll_interval": 0.1}, name="kubeapi", daemon=True
         )
@@ -630,9 +634,10 @@ class KubeAPIServer:
 
     @property
     def port(self) -> int:
-        if self._httpd is None:
+        """The bound port; still known after :meth:`stop`, and reused by the next :meth:`start`."""
+        if self._port == 0:
             raise RuntimeError("KubeAPIServer not started")
-        return int(self._httpd.server_address[1])
+        return self._port
 
     @property
     def url(self) -> str:
@@ -648,9 +653,12 @@ class KubeAPIServer:
         if not meta.get("name"):
             raise ValueError("pod has no metadata.name")
         meta.setdefault("namespace", "default")
-        old_meta = previous["metadata"] if previous else {}
-        meta.setdefault("uid", old_meta.get("uid") or str(uuid.uuid4()))
-        meta.setdefault("creationTimestamp", old_meta.get("creationTimestamp") or _now())
+        if previous is not None:
+            # An update, not a re-creation: identity and age stay (delete + add to model a new pod).
+            meta["uid"] = previous["metadata"]["uid"]
+            meta["creationTimestamp"] = previous["metadata"]["creationTimestamp"]
+        meta.setdefault("uid", str(uuid.uuid4()))
+        meta.setdefault("creationTimestamp", _now())
         pod.setdefault("spec", {}).setdefault("containers", [])
         pod.setdefault("status", {})
         self._resource_version += 1
@@ -666,7 +674,10 @@ class KubeAPIServer:
             self._pods[key] = self._stored(pod, None)
 
     def replace_pod(self, pod: JSON) -> None:
-        """Replace the stored pod with the same namespace/name (``KeyError`` if absent)."""
+        """Update the stored pod with the same namespace/name, keeping its uid and creationTimestamp.
+
+        ``KeyError`` if absent. To model a pod re-created under the same name, delete and add instead.
+        """
         key = _new_pod_key(pod)
         with self._lock:
             if key not in self._pods:
@@ -1097,8 +1108,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"serving {len(pods)} pods on {server.url}", flush=True)
         if args.kubeconfig:
             print(f"kubeconfig: {args.kubeconfig}", flush=True)
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
         with contextlib.suppress(KeyboardInterrupt):
-            threading.Event().wait()
+            while not stop.wait(0.5):
+                pass
     return 0
 
 
