@@ -23,11 +23,11 @@ RABBITMQ = "amqp://guest:guest@127.0.0.1:5672//"
 
 
 def add_pods(stack: Stack) -> None:
-    good = stack.farm.add("127.1.6.1", 6060)
-    bad = stack.farm.add("127.1.6.2", 6060, behavior=Behavior.HTML)
+    good = stack.farm.add("127.31.6.1", 6060)
+    bad = stack.farm.add("127.31.6.2", 6060, behavior=Behavior.HTML)
     stack.kube.add_pod(make_pod("good", "web", annotations=ENABLE, ip=good.host))
     stack.kube.add_pod(make_pod("bad", "web", annotations=ENABLE, ip=bad.host))
-    stack.kube.add_pod(make_pod("unready", "web", annotations=ENABLE, ip="127.1.6.3", ready=False))
+    stack.kube.add_pod(make_pod("unready", "web", annotations=ENABLE, ip="127.31.6.3", ready=False))
 
 
 def metric(text: str, name: str, **labels: str) -> float:

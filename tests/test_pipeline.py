@@ -28,8 +28,8 @@ def run_round(timeout: float = 60.0, **kwargs: object) -> dict:
 
 
 def test_a_round_stores_one_profile_per_type_for_ready_annotated_pods_only(stack: Stack) -> None:
-    a = stack.farm.add("127.1.0.1", 6060)
-    b = stack.farm.add("127.1.0.2", 7070, path="/internal/pprof")
+    a = stack.farm.add("127.31.0.1", 6060)
+    b = stack.farm.add("127.31.0.2", 7070, path="/internal/pprof")
     stack.kube.add_pod(
         make_pod(
             "api-6d5f7c9b8-aaaaa",
@@ -55,9 +55,9 @@ def test_a_round_stores_one_profile_per_type_for_ready_annotated_pods_only(stack
             },
         )
     )
-    stack.kube.add_pod(make_pod("plain", "web", ip="127.1.0.3"))  # not annotated
+    stack.kube.add_pod(make_pod("plain", "web", ip="127.31.0.3"))  # not annotated
     stack.kube.add_pod(make_pod("pending", "web", annotations=ENABLE, phase="Pending", ip=None))
-    stack.kube.add_pod(make_pod("unready", "web", annotations=ENABLE, ready=False, ip="127.1.0.4"))
+    stack.kube.add_pod(make_pod("unready", "web", annotations=ENABLE, ready=False, ip="127.31.0.4"))
     stack.worker()
 
     result = run_round(namespaces="all", cpu_seconds=1)
@@ -90,7 +90,7 @@ def test_a_round_stores_one_profile_per_type_for_ready_annotated_pods_only(stack
 
 def test_label_selector_namespace_and_single_pod_scope(stack: Stack) -> None:
     for i, (ns, tier) in enumerate([("web", "front"), ("web", "back"), ("api", "back")], start=1):
-        t = stack.farm.add(f"127.1.1.{i}", 6060)
+        t = stack.farm.add(f"127.31.1.{i}", 6060)
         stack.kube.add_pod(make_pod(f"p{i}", ns, annotations=ENABLE, ip=t.host, labels={"tier": tier}))
     stack.worker()
     result = run_round(namespaces=["web"], selector="tier=back", types=["heap"])
@@ -102,7 +102,7 @@ def test_label_selector_namespace_and_single_pod_scope(stack: Stack) -> None:
 
 def test_paging_lists_every_pod_exactly_once(stack: Stack) -> None:
     for i in range(1, 8):
-        t = stack.farm.add(f"127.1.2.{i}", 6060)
+        t = stack.farm.add(f"127.31.2.{i}", 6060)
         stack.kube.add_pod(make_pod(f"p{i}", "web", annotations=ENABLE, ip=t.host))
     stack.worker(KPROFEFE_KUBE_PAGE_SIZE="3")
     result = run_round(types=["heap"])
@@ -113,7 +113,7 @@ def test_paging_lists_every_pod_exactly_once(stack: Stack) -> None:
 
 
 def test_directory_sink_uses_kube_profefe_file_names(stack: Stack) -> None:
-    t = stack.farm.add("127.1.3.1", 6060)
+    t = stack.farm.add("127.31.3.1", 6060)
     stack.kube.add_pod(make_pod("api-0", "web", annotations=ENABLE, ip=t.host))
     stack.worker(KPROFEFE_PROFEFE_URL="")
     run_round(types=["heap", "goroutine"])
@@ -137,7 +137,7 @@ def test_failures_are_classified_counted_and_the_worker_keeps_going(stack: Stack
         "good": Behavior.GO,
     }
     for i, (name, behavior) in enumerate(cases.items(), start=1):
-        t = stack.farm.add(f"127.1.4.{i}", 6060, behavior=behavior)
+        t = stack.farm.add(f"127.31.4.{i}", 6060, behavior=behavior)
         stack.kube.add_pod(make_pod(name, "web", annotations=ENABLE, ip=t.host))
     stack.worker(KPROFEFE_CAPTURE_RETRIES="1")
     result = run_round(types=["heap"])
@@ -150,7 +150,7 @@ def test_failures_are_classified_counted_and_the_worker_keeps_going(stack: Stack
 
 
 def test_empty_profiles_are_counted_skips_not_errors(stack: Stack) -> None:
-    t = stack.farm.add("127.1.5.1", 6060, behavior=Behavior.EMPTY_PROFILE)
+    t = stack.farm.add("127.31.5.1", 6060, behavior=Behavior.EMPTY_PROFILE)
     stack.kube.add_pod(make_pod("quiet", "web", annotations=ENABLE, ip=t.host))
     stack.worker()
     report = run_round(types=["block", "mutex"])["report"]
