@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import requests
+import urllib3
 
 from kprofefe_tasks import pprof
 from kprofefe_tasks.errors import PermanentError, SkipError, TemporaryError
@@ -131,7 +132,7 @@ def fetch(
             body = _read_capped(
                 lambda n: answer.read1(n, decode_content=False), settings.max_profile_bytes, deadline, what
             )
-        except OSError as exc:
+        except (OSError, urllib3.exceptions.HTTPError) as exc:
             raise TemporaryError(f"{what}: {exc}", reason="target-unreachable") from exc
         finally:
             answer.release_conn()

@@ -141,12 +141,26 @@ class Ledger:
         self.client = client
 
     def delivered(self, capture_id: str) -> str | None:
-        """Where the capture went (a profefe id, a file, ``spool``), or None if not delivered yet."""
+        """Where the capture went (a profefe id, a file, ``spool:...``), or None if not delivered yet."""
         try:
             value = self.client.get(PREFIX + "done:" + capture_id)
         except redis.RedisError as exc:
             raise _unavailable(exc) from exc
         return value.decode() if isinstance(value, bytes) else value
+
+    def begin(self, capture_id: str, attempt: int) -> tuple[str | None, int]:
+        """In one round trip: where the capture was already delivered (None if not yet), and how many times this
+        attempt has started — above 1 means the task was redelivered after its worker died."""
+        starts_key = f"{PREFIX}starts:{capture_id}:{attempt}"
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.get(PREFIX + "done:" + capture_id)
+            pipe.incr(starts_key)
+            pipe.expire(starts_key, LEDGER_TTL)
+            where, starts, _ = pipe.execute()
+        except redis.RedisError as exc:
+            raise _unavailable(exc) from exc
+        return (where.decode() if isinstance(where, bytes) else where), int(starts)
 
     def mark_delivered(self, capture_id: str, where: str) -> None:
         try:
@@ -154,15 +168,3 @@ class Ledger:
         except redis.RedisError:
             # The profile is stored; losing the mark only risks a duplicate if this very task is redelivered.
             pass
-
-    def count_start(self, capture_id: str, attempt: int) -> int:
-        """How many times this attempt of the capture has started; above 1 means it was redelivered."""
-        key = f"{PREFIX}starts:{capture_id}:{attempt}"
-        try:
-            pipe = self.client.pipeline()
-            pipe.incr(key)
-            pipe.expire(key, LEDGER_TTL)
-            count, _ = pipe.execute()
-        except redis.RedisError as exc:
-            raise _unavailable(exc) from exc
-        return int(count)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
+import urllib3
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
@@ -127,7 +128,7 @@ class Kube:
         try:
             response = self._get(path, query, LIST_TIMEOUT, "application/json")
             data = response.data
-        except OSError as exc:  # urllib3's connection errors are OSErrors
+        except (OSError, urllib3.exceptions.HTTPError) as exc:  # refused, reset, timed out, retries exhausted
             raise TemporaryError(f"{what}: API server unreachable: {exc}", reason="kube-unreachable") from exc
         if not 200 <= response.status < 300:
             raise _api_error(
@@ -205,13 +206,13 @@ class Kube:
         what = f"proxy to {namespace}/{pod}:{port}"
         try:
             response = self._get(resource, list(params.items()), timeout, "*/*")
-        except OSError as exc:
+        except (OSError, urllib3.exceptions.HTTPError) as exc:
             raise TemporaryError(f"{what}: API server unreachable: {exc}", reason="kube-unreachable") from exc
         if 200 <= response.status < 300:
             return response
         try:
             body = response.read(64 * 1024, decode_content=False)  # error pages are small; never read a flood
-        except OSError as exc:
+        except (OSError, urllib3.exceptions.HTTPError) as exc:
             raise TemporaryError(f"{what}: {exc}", reason="kube-unreachable") from exc
         finally:
             response.release_conn()

@@ -44,6 +44,7 @@ log = logging.getLogger("kprofefe.tasks")
 ROUND_TTL = 24 * 3600  # s: a round's counters, for `wait_round` and the demo
 #: outcomes that end a capture; "duplicate" (a redelivered task whose profile already landed) is not one
 FINAL_OUTCOMES = ("ok", "empty", "spooled", "rejected", "skipped", "failed", "expired", "poison")
+DISCOVERY_RETRIES = 2  # an API server blip should not cost a whole round; beat fires again next interval anyway
 POD_HTTP_POOL = 8  # connections kept per pod: one round asks a pod for at most six profiles at once
 HOST_POOLS = 2000  # pods whose connections are cached; more just means new connections next round
 
@@ -265,25 +266,38 @@ def find_targets(
     pods: Sequence[str] = (),
     types: Sequence[str],
     page_size: int,
-) -> tuple[list[Target], list[Skip]]:
-    """List pods in scope and split them into targets and skips (each pod once, even if listed twice)."""
+) -> tuple[list[Target], list[Skip], dict[str, str]]:
+    """List pods in scope and split them into targets and skips (each pod once, even if listed twice).
+
+    A namespace that cannot be listed (no rights, API error) is reported in the third value and the others are
+    still captured; only when every namespace fails does the error propagate.
+    """
     field_selector = "status.phase=Running"
     if len(pods) == 1:
         field_selector += f",metadata.name={pods[0]}"
     wanted = set(pods)
     seen: dict[str, Target | Skip] = {}
-    for namespace in namespaces if namespaces is not None else [None]:
-        for pod in kube.list_pods(
-            namespace, label_selector=selector, field_selector=field_selector, page_size=page_size
-        ):
-            name = (pod.get("metadata") or {}).get("name", "")
-            if wanted and name not in wanted:
-                continue
-            result = pod_to_target(pod, types)
-            seen[result.key] = result
+    errors: dict[str, str] = {}
+    scopes: list[str | None] = list(dict.fromkeys(namespaces)) if namespaces is not None else [None]
+    last_error: KprofefeError | None = None
+    for namespace in scopes:
+        try:
+            for pod in kube.list_pods(
+                namespace, label_selector=selector, field_selector=field_selector, page_size=page_size
+            ):
+                name = (pod.get("metadata") or {}).get("name", "")
+                if wanted and name not in wanted:
+                    continue
+                result = pod_to_target(pod, types)
+                seen[result.key] = result
+        except KprofefeError as exc:
+            errors[namespace or "*"] = str(exc)
+            last_error = exc
+    if last_error is not None and len(errors) == len(scopes):
+        raise last_error
     targets = [r for r in seen.values() if isinstance(r, Target)]
     skips = [r for r in seen.values() if isinstance(r, Skip)]
-    return targets, skips
+    return targets, skips, errors
 
 
 def spread_offset(key: str, window: float) -> float:
@@ -344,7 +358,7 @@ def discover(
     seconds = int(cpu_seconds or settings.cpu_seconds)
     started = time.monotonic()
     try:
-        targets, skips = find_targets(
+        targets, skips, errors = find_targets(
             rt.kube(),
             scope,
             selector=selector,
@@ -352,10 +366,27 @@ def discover(
             types=wanted_types,
             page_size=settings.kube_page_size,
         )
+    except TemporaryError as exc:
+        metrics.ROUNDS.labels("retried").inc()
+        if self.request.retries < DISCOVERY_RETRIES:
+            log.warning("discovery %s: %s; retrying", entry, exc, extra={"entry": entry, "reason": exc.reason})
+            raise self.retry(countdown=backoff(self.request.retries, 2.0, 30.0), exc=exc) from exc
+        metrics.ROUNDS.labels("failed").inc()
+        log.error("discovery %s failed: %s", entry, exc, extra={"entry": entry, "reason": exc.reason})
+        raise
     except KprofefeError as exc:
         metrics.ROUNDS.labels("failed").inc()
         log.error("discovery %s failed: %s", entry, exc, extra={"entry": entry, "reason": exc.reason})
         raise
+    for namespace, error in errors.items():
+        metrics.SKIPPED.labels("namespace-error").inc()
+        log.error(
+            "discovery %s: namespace %s not listed: %s",
+            entry,
+            namespace,
+            error,
+            extra={"entry": entry, "namespace": namespace, "reason": "namespace-error"},
+        )
     round_id = uuid.uuid4().hex[:12]
     expected = sum(len(t.types) for t in targets)
     rt.redis.hset(
@@ -391,6 +422,7 @@ def discover(
     )
     metrics.ROUNDS.labels("ok").inc()
     summary = {
+        "errors": errors,
         "round": round_id,
         "entry": entry,
         "targets": len(targets),
@@ -488,12 +520,11 @@ def capture(self: Task, target: dict[str, Any], ptype: str, round_id: str = "", 
         return record(t, ptype, outcome, round_id=round_id, task_id=task_id, **kw)
 
     try:
-        where = rt.ledger.delivered(capture_id)
-        if where:
-            return done("duplicate", reason="already-delivered", where=where)
-        starts = rt.ledger.count_start(capture_id, attempt)
+        where, starts = rt.ledger.begin(capture_id, attempt)
     except TemporaryError as exc:
         raise self.retry(countdown=backoff(attempt, settings.backoff_base, settings.backoff_max), exc=exc) from exc
+    if where:
+        return done("duplicate", reason="already-delivered", where=where)
     if starts > 1:
         # A worker died holding this task. Did it store the profile before dying?
         if starts > settings.max_deliveries:
@@ -548,7 +579,8 @@ def capture(self: Task, target: dict[str, Any], ptype: str, round_id: str = "", 
     outcome, reason, where = deliver(rt, delivery)
     if outcome != "empty":
         rt.ledger.mark_delivered(capture_id, where)
-    _update_spool_gauges(rt)
+    if outcome in ("spooled", "rejected"):
+        _update_spool_gauges(rt)
     return done(outcome, reason=reason, size=len(profile.body), seconds=profile.duration, where=where)
 
 

@@ -4,6 +4,7 @@ clients over HTTP to the API server and profefe doubles, and pprof targets (simu
 from __future__ import annotations
 
 import gzip
+import time
 from pathlib import Path
 
 import pytest
@@ -178,3 +179,17 @@ def test_a_real_go_program_is_profiled(stack: Stack) -> None:
     # Go records the window it was asked for in the profile itself: the CPU request asked for 1 s, not Go's 30
     cpu = next(p for p in stack.profefe.profiles if p.type == "cpu")
     assert 0.9e9 <= pprof.inspect(cpu.body).duration_nanos <= 3e9
+
+
+def test_discovery_retries_when_the_api_server_is_briefly_down(stack: Stack) -> None:
+    t = stack.farm.add("127.31.7.1", 6060)
+    stack.kube.add_pod(make_pod("api-0", "web", annotations=ENABLE, ip=t.host))
+    stack.worker()
+    stack.kube.stop()
+    result = tasks.discover.delay(types=["heap"])
+    time.sleep(1.0)  # the first attempt fails against the stopped API server
+    stack.kube.start()
+    summary = result.get(timeout=60)
+    assert summary["targets"] == 1
+    assert tasks.wait_round(summary["round"], timeout=30)["ok"] == 1
+    assert "retrying" in stack.logs()
