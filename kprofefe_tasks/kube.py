@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +18,7 @@ import urllib3
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
+from kubernetes.config import kube_config
 from kubernetes.config.config_exception import ConfigException
 
 from kprofefe_tasks.errors import ConfigError, KprofefeError, PermanentError, SkipError, TemporaryError
@@ -39,6 +41,44 @@ class KubeOptions:
     token: str | None = None
     insecure_skip_tls_verify: bool = False
     request_timeout: float | None = None
+    pool_size: int | None = None  # HTTP connections kept to the API server
+
+
+def _plain(node: Any) -> Any:
+    """The merger wraps list items in ConfigNode objects; the dict loader wants plain data."""
+    node = getattr(node, "value", node)
+    if isinstance(node, dict):
+        return {k: _plain(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_plain(v) for v in node]
+    return node
+
+
+def _load_kubeconfig(opts: KubeOptions, configuration: k8s.Configuration) -> str | None:
+    """Load the kubeconfig like kubectl (``$KUBECONFIG`` paths merged), with ``--cluster``/``--user`` overriding the
+    chosen context's; returns that context's namespace."""
+    paths = opts.kubeconfig or os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
+    config = kube_config.KubeConfigMerger(paths).config  # type: ignore[no-untyped-call]
+    if config is None:
+        raise ConfigException(f"no kubeconfig at {paths}")
+    data: dict[str, Any] = _plain(config.value)
+    context_name = opts.context or data.get("current-context")
+    contexts = [dict(c) for c in data.get("contexts") or ()]
+    chosen = next((c for c in contexts if c.get("name") == context_name), None)
+    if chosen is None:
+        raise ConfigException(f"context {context_name!r} not found in {paths}")
+    body = dict(chosen.get("context") or {})
+    if opts.cluster:
+        body["cluster"] = opts.cluster
+    if opts.user:
+        body["user"] = opts.user
+    chosen["context"] = body
+    data["contexts"] = [chosen if c.get("name") == context_name else c for c in contexts]
+    k8s_config.load_kube_config_from_dict(  # type: ignore[no-untyped-call]
+        data, context=context_name, client_configuration=configuration
+    )
+    namespace = body.get("namespace")
+    return str(namespace) if namespace else None
 
 
 def _api_error(exc: ApiException, what: str) -> KprofefeError:
@@ -69,6 +109,8 @@ class Kube:
         self.core = k8s.CoreV1Api(api_client)
         #: the kube context's namespace (kube-profefe ignored it); "default" in-cluster
         self.namespace = namespace
+        #: (connect, read) seconds for API calls; kubectl's --request-timeout sets the read part
+        self.timeout = LIST_TIMEOUT
 
     @classmethod
     def connect(cls, options: KubeOptions | None = None) -> Kube:
@@ -91,15 +133,8 @@ class Kube:
                 pass
         if not loaded:
             try:
-                k8s_config.load_kube_config(  # type: ignore[no-untyped-call]
-                    config_file=opts.kubeconfig, context=opts.context, client_configuration=configuration
-                )
-                contexts, active = k8s_config.list_kube_config_contexts(  # type: ignore[no-untyped-call]
-                    config_file=opts.kubeconfig
-                )
-                chosen = next((c for c in contexts if c["name"] == opts.context), active) if opts.context else active
-                namespace = (chosen or {}).get("context", {}).get("namespace") or namespace
-            except (ConfigException, FileNotFoundError, TypeError) as exc:
+                namespace = _load_kubeconfig(opts, configuration) or namespace
+            except (ConfigException, FileNotFoundError, TypeError, KeyError) as exc:
                 if not opts.server:
                     raise ConfigError(
                         f"no Kubernetes configuration: not in a cluster and no usable kubeconfig ({exc})",
@@ -111,7 +146,13 @@ class Kube:
             configuration.api_key = {"authorization": "Bearer " + opts.token}
         if opts.insecure_skip_tls_verify:
             configuration.verify_ssl = False
-        return cls(k8s.ApiClient(configuration), namespace=namespace)
+        if opts.pool_size:
+            # the client's default pool (CPU count x 5) is smaller than a CLI's parallel captures
+            configuration.connection_pool_maxsize = opts.pool_size
+        kube = cls(k8s.ApiClient(configuration), namespace=namespace)
+        if opts.request_timeout:
+            kube.timeout = (min(LIST_TIMEOUT[0], opts.request_timeout), opts.request_timeout)
+        return kube
 
     def _get(self, path: str, query: list[tuple[str, str]], timeout: tuple[float, float], accept: str) -> Any:
         """A raw GET through the client's auth and TLS; returns the unread urllib3 response.
@@ -126,7 +167,7 @@ class Kube:
 
     def _get_json(self, path: str, query: list[tuple[str, str]], what: str) -> Any:
         try:
-            response = self._get(path, query, LIST_TIMEOUT, "application/json")
+            response = self._get(path, query, self.timeout, "application/json")
             data = response.data
         except (OSError, urllib3.exceptions.HTTPError) as exc:  # refused, reset, timed out, retries exhausted
             raise TemporaryError(f"{what}: API server unreachable: {exc}", reason="kube-unreachable") from exc
