@@ -66,7 +66,10 @@ def test_metrics_after_a_round_show_counts_by_type_and_outcome_and_logs_are_json
             if record.get("outcome") and record.get("type"):
                 outcome_lines.append(record)
     assert {(r["pod"], r["type"], r["outcome"]) for r in outcome_lines} >= {
-        ("good", "heap", "ok"), ("good", "goroutine", "ok"), ("bad", "heap", "failed")}
+        ("good", "heap", "ok"),
+        ("good", "goroutine", "ok"),
+        ("bad", "heap", "failed"),
+    }
     assert all(r["namespace"] == "web" for r in outcome_lines)
 
 
@@ -74,8 +77,12 @@ def test_flower_lists_the_rounds_tasks(stack: Stack) -> None:
     add_pods(stack)
     stack.worker()
     port = free_port()
-    flower = CeleryProcess("flower", ["flower", f"--port={port}", "--address=127.0.0.1"],
-                           stack.env(FLOWER_BASIC_AUTH="ops:s3cret"), stack.tmp / "flower.log")
+    flower = CeleryProcess(
+        "flower",
+        ["flower", f"--port={port}", "--address=127.0.0.1"],
+        stack.env(FLOWER_BASIC_AUTH="ops:s3cret"),
+        stack.tmp / "flower.log",
+    )
     stack.processes.append(flower)
     flower.start(timeout=60)
     discovery = tasks.discover.delay(types=["heap"])
@@ -88,8 +95,11 @@ def test_flower_lists_the_rounds_tasks(stack: Stack) -> None:
     found: list[dict] = []
     while time.monotonic() < deadline:
         listing = requests.get(url, auth=("ops", "s3cret"), timeout=5).json()
-        found = [t for t in listing.values() if t.get("name") == "kprofefe.capture"
-                 and summary["round"] in str(t.get("kwargs"))]
+        found = [
+            t
+            for t in listing.values()
+            if t.get("name") == "kprofefe.capture" and summary["round"] in str(t.get("kwargs"))
+        ]
         discovered = listing.get(discovery.id, {}).get("state") == "SUCCESS"
         if discovered and len(found) == 2 and all(t.get("state") == "SUCCESS" for t in found):
             break
