@@ -123,3 +123,18 @@ def test_a_round_with_rabbitmq_as_the_broker(stack: Stack) -> None:
     time.sleep(1.0)  # the failing pod's capture finishes too; nothing more may arrive
     stored = [p for p in stack.profefe.profiles if p.id not in before]
     assert [(p.labels["pod"], p.type) for p in stored] == [("good", "heap")], stack.logs()
+
+
+def test_grafana_dashboard_queries_only_metrics_the_workers_export() -> None:
+    import re
+    from pathlib import Path
+
+    from prometheus_client import REGISTRY
+
+    import kprofefe_tasks.metrics  # noqa: F401  (registers the metrics)
+
+    suffixes = {"counter": ("_total",), "gauge": ("",), "histogram": ("_bucket", "_count", "_sum")}
+    exported = {m.name + sfx for m in REGISTRY.collect() for sfx in suffixes.get(m.type, ("",))}
+    dashboard = json.loads((Path(__file__).parent.parent / "deploy/grafana/kprofefe-dashboard.json").read_text())
+    used = {name for p in dashboard["panels"] for t in p["targets"] for name in re.findall(r"kprofefe_\w+", t["expr"])}
+    assert used and used <= exported, used - exported
