@@ -166,6 +166,15 @@ class Settings:
             "captures",
         ),
     )
+    max_targets: int = field(
+        default=0,
+        metadata=_doc(
+            "Most pods one round captures; the rest are counted skips (`over-limit`). A stable subset "
+            "(by a hash of namespace/pod) is kept, so the same pods are profiled every round when an "
+            "autoscaler multiplies replicas. 0: no limit.",
+            "pods",
+        ),
+    )
     visibility_timeout: int = field(
         default=900,
         metadata=_doc(
@@ -308,5 +317,20 @@ def markdown_table() -> str:
     return "\n".join(rows)
 
 
+def update_readme(path: Path) -> bool:
+    """Rewrite the table between the README's settings-table markers; True when it changed."""
+    text = path.read_text()
+    start = text.index("-->", text.index("<!-- settings-table")) + 3
+    end = text.index("<!-- /settings-table -->")
+    updated = text[:start] + "\n" + markdown_table() + "\n" + text[end:]
+    path.write_text(updated)
+    return updated != text
+
+
 if __name__ == "__main__":
-    print(markdown_table())
+    import sys
+
+    if sys.argv[1:2] == ["--update"]:
+        print("updated" if update_readme(Path(sys.argv[2])) else "unchanged")
+    else:
+        print(markdown_table())

@@ -300,6 +300,18 @@ def find_targets(
     return targets, skips, errors
 
 
+def limit_targets(targets: Sequence[Target], limit: int) -> tuple[list[Target], list[Skip]]:
+    """Keep at most ``limit`` targets, the same ones every round (lowest hash of their key), skipping the rest."""
+    if limit <= 0 or len(targets) <= limit:
+        return list(targets), []
+    ranked = sorted(targets, key=lambda t: hashlib.sha1(t.key.encode()).digest())
+    over = [
+        Skip(t.namespace, t.pod, "over-limit", f"KPROFEFE_MAX_TARGETS={limit} reached; {len(targets)} pods in scope")
+        for t in ranked[limit:]
+    ]
+    return ranked[:limit], over
+
+
 def spread_offset(key: str, window: float) -> float:
     """A stable offset in ``[0, window)`` for a target: its captures land at the same point of every interval."""
     if window <= 0:
@@ -387,6 +399,8 @@ def discover(
             error,
             extra={"entry": entry, "namespace": namespace, "reason": "namespace-error"},
         )
+    targets, over = limit_targets(targets, settings.max_targets)
+    skips.extend(over)
     round_id = uuid.uuid4().hex[:12]
     expected = sum(len(t.types) for t in targets)
     rt.redis.hset(

@@ -129,3 +129,18 @@ def test_version_label_is_carried() -> None:
 
 def test_ipv6_address_is_bracketed() -> None:
     assert target(pod(ip="fd00::12")).address == "[fd00::12]:6060"
+
+
+def test_target_limit_keeps_a_stable_subset_and_skips_the_rest() -> None:
+    from kprofefe_tasks.tasks import limit_targets
+
+    targets = [target(pod(name=f"api-{i}")) for i in range(20)]
+    kept, over = limit_targets(targets, 5)
+    assert len(kept) == 5 and len(over) == 15
+    assert {t.key for t in kept}.isdisjoint({s.key for s in over})
+    assert all(s.reason == "over-limit" for s in over)
+    # the same pods every round, whatever order the API server listed them in
+    kept_again, _ = limit_targets(list(reversed(targets)), 5)
+    assert [t.key for t in kept_again] == [t.key for t in kept]
+    # scaling up keeps the pods already chosen unless a new one hashes lower
+    assert limit_targets(targets, 0) == (targets, [])
