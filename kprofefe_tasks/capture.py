@@ -11,6 +11,7 @@ import http.client
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import requests
 import urllib3
@@ -22,6 +23,7 @@ from kprofefe_tasks.settings import Settings
 from kprofefe_tasks.targets import Target
 
 CHUNK_BYTES = 64 * 1024  # one socket read; small enough that a deadline check runs often
+HARD_DEADLINE_GRACE_S = 2.0  # s past a capture's deadline (plus connect): only a never-ending answer reaches it
 CPU_BUSY_MARKER = b"cpu profiling already in use"  # Go's answer to a second concurrent CPU profile
 
 
@@ -66,6 +68,13 @@ def _read_capped(read1: Callable[[int], bytes], limit: int, deadline: float, wha
         parts.append(chunk)
 
 
+def _check_length(headers: Mapping[str, str], limit: int, what: str) -> None:
+    """Refuse a body whose declared ``Content-Length`` is already over the cap, before reading any of it."""
+    for key, value in headers.items():
+        if key.lower() == "content-length" and value.strip().isdigit() and int(value) > limit:
+            raise PermanentError(f"{what}: body of {int(value)} bytes is larger than {limit}", reason="too-large")
+
+
 def classify_status(status: int, body: bytes, headers: Mapping[str, str], what: str, cpu_seconds: int) -> None:
     """Raise the right error for a non-200 answer from a pprof endpoint."""
     snippet = body[:200].decode("utf-8", "replace")
@@ -105,6 +114,22 @@ def validate(body: bytes, what: str, max_decompressed: int) -> pprof.ProfileInfo
     return info
 
 
+def _green_timeout(seconds: float) -> Any | None:
+    """A gevent timer when this process runs gevent-patched sockets (the worker's ``-P gevent``), else None.
+
+    Socket timeouts bound each read, not the answer: a target that sends a header byte a second never trips them,
+    and the body deadline only starts once the headers are in. A gevent timer interrupts the greenlet wherever it
+    blocks. Outside gevent (a plain thread, a shell) only the per-read bounds apply.
+    """
+    try:
+        from gevent import Timeout, monkey
+    except ImportError:  # pragma: no cover - gevent is a dependency
+        return None
+    if not monkey.is_module_patched("socket"):
+        return None
+    return Timeout(seconds)
+
+
 def fetch(
     target: Target,
     ptype: str,
@@ -115,6 +140,30 @@ def fetch(
     kube: Kube | None = None,
 ) -> Profile:
     """Take one profile. Direct to the pod IP by default; through the API server when ``kube`` is given."""
+    budget = deadline_for(settings, ptype, cpu_seconds) + settings.connect_timeout + HARD_DEADLINE_GRACE_S
+    timer = _green_timeout(budget)
+    if timer is None:
+        return _fetch(target, ptype, settings, cpu_seconds=cpu_seconds, session=session, kube=kube)
+    try:
+        with timer:
+            return _fetch(target, ptype, settings, cpu_seconds=cpu_seconds, session=session, kube=kube)
+    except BaseException as exc:
+        if exc is not timer:
+            raise
+        raise TemporaryError(
+            f"{target.key} {ptype}: no complete answer within {budget:.0f}s", reason="target-timeout"
+        ) from None
+
+
+def _fetch(
+    target: Target,
+    ptype: str,
+    settings: Settings,
+    *,
+    cpu_seconds: int,
+    session: requests.Session | None,
+    kube: Kube | None,
+) -> Profile:
     path, params = request_for(target, ptype, cpu_seconds)
     what = f"{target.key} {ptype}"
     total = deadline_for(settings, ptype, cpu_seconds)
@@ -129,6 +178,7 @@ def fetch(
         try:
             status = int(answer.status)
             headers = dict(answer.headers)
+            _check_length(headers, settings.max_profile_bytes, what)
             body = _read_capped(
                 lambda n: answer.read1(n, decode_content=False), settings.max_profile_bytes, deadline, what
             )
@@ -156,13 +206,19 @@ def fetch(
         try:
             status = response.status_code
             headers = dict(response.headers)
+            _check_length(headers, settings.max_profile_bytes, what)
             raw = response.raw
             body = _read_capped(
                 lambda n: raw.read1(n, decode_content=False), settings.max_profile_bytes, deadline, what
             )
-        except (requests.RequestException, OSError) as exc:
+        except urllib3.exceptions.TimeoutError as exc:
+            # the body stalled longer than a read may wait: a hung or overloaded pod, not a broken one
+            raise TemporaryError(f"{what}: body stalled: {_root_cause(exc)}", reason="target-timeout") from exc
+        except (requests.RequestException, OSError, urllib3.exceptions.ProtocolError) as exc:
+            # urllib3 reports a connection closed or reset mid-body (a pod restarted, OOM-killed, or its chunked
+            # stream cut short) as a ProtocolError: the next attempt may well get the whole profile
             raise TemporaryError(f"{what}: body read failed: {_root_cause(exc)}", reason="target-reset") from exc
-        except Exception as exc:  # urllib3 protocol errors (bad chunking, a TLS record) are not OSErrors
+        except Exception as exc:  # anything else urllib3 raises while reading is not an HTTP body we can use
             if isinstance(exc, (PermanentError, TemporaryError)):
                 raise
             raise PermanentError(f"{what}: {exc.__class__.__name__}: {exc}", reason="target-protocol") from exc

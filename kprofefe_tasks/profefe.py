@@ -134,7 +134,13 @@ class ProfefeClient:
         if created_at is not None:
             params["created_at"] = format_time(created_at)
         response = self._request("POST", "profiles", params, data=body)
-        return StoredProfile.from_json(self._json_body(response, "profefe upload"))
+        stored = self._json_body(response, "profefe upload")
+        if not isinstance(stored, dict) or not stored.get("id"):
+            # a 200 without a stored profile's description: we cannot know it was stored, so it is not
+            raise TemporaryError(
+                f"profefe upload: 200 without a profile id ({response.text[:80]!r})", reason="profefe-bad-answer"
+            )
+        return StoredProfile.from_json(stored)
 
     def find(
         self,

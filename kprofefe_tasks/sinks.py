@@ -12,13 +12,16 @@ from typing import Protocol
 
 from kprofefe_tasks.coordination import TokenBucket
 from kprofefe_tasks.delivery import Delivery, digest_of
-from kprofefe_tasks.errors import TemporaryError
+from kprofefe_tasks.errors import KprofefeError, TemporaryError
 from kprofefe_tasks.profefe import ProfefeClient
 from kprofefe_tasks.retry import backoff
 
 log = logging.getLogger(__name__)
 
-CAPTURE_LABEL = "capture_id"  # lets a redelivered task ask profefe whether its profile already landed
+CAPTURE_LABEL = "capture_id"
+SEARCH_SINCE = datetime(
+    2000, 1, 1, tzinfo=UTC
+)  # before any profile's own timestamp  # lets a redelivered task ask profefe whether its profile already landed
 
 
 class Sink(Protocol):
@@ -115,9 +118,23 @@ class ProfefeSink:
                 return stored.id
             except TemporaryError as exc:
                 last = exc
+                if exc.reason == "profefe-timeout":
+                    # profefe may still store the request we stopped waiting for: give it one more read timeout,
+                    # then look for this capture's label before sending it again (profefe has no idempotent upload)
+                    self.sleep(self.client.timeout[1])
+                    try:
+                        stored_id = self.already_stored(delivery.service, delivery.ptype, delivery.capture_id)
+                    except KprofefeError:
+                        stored_id = None
+                    if stored_id:
+                        return stored_id
                 if attempt + 1 >= self.attempts:
                     break
-                delay = backoff(attempt, self.backoff_base, self.backoff_max, exc.delay)
+                delay = (
+                    0.0
+                    if exc.reason == "profefe-timeout"
+                    else backoff(attempt, self.backoff_base, self.backoff_max, exc.delay)
+                )
                 log.warning(
                     "upload of %s/%s %s failed (attempt %d/%d), retrying in %.1fs: %s",
                     delivery.namespace,
@@ -134,13 +151,19 @@ class ProfefeSink:
         assert last is not None
         raise last
 
-    def already_stored(self, service: str, ptype: str, capture_id: str, since: float) -> str | None:
-        """The id of this capture's profile if a previous (dead) delivery of the task already stored it."""
+    def already_stored(self, service: str, ptype: str, capture_id: str) -> str | None:
+        """The id of this capture's profile if an earlier send already stored it (a worker died after the upload,
+        or an upload timed out on our side but profefe finished it), else None.
+
+        profefe dates a profile by its own ``time_nanos``, which is the target's clock, not ours; the window is
+        therefore wide, and the ``capture_id`` label makes the match exact. It is asked only on redelivery and after
+        an upload timeout, never on the normal path.
+        """
         found = self.client.find(
             service=service,
             ptype=ptype,
-            since=datetime.fromtimestamp(since - 3600, UTC),
-            until=datetime.fromtimestamp(time.time() + 3600, UTC),
+            since=SEARCH_SINCE,
+            until=datetime.fromtimestamp(time.time() + 86400, UTC),
             labels={CAPTURE_LABEL: digest_of(capture_id)},
             limit=1,
         )

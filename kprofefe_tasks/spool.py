@@ -7,6 +7,10 @@ unbounded spool during a long profefe outage would fill the node's disk and take
 
 Profiles that profefe rejected for good (a 4xx other than "no samples") go to ``rejected/`` in the same format,
 kept for a human to look at and never re-sent.
+
+While an entry is being sent, a ``<name>.sending`` marker exists. A drain that died mid-send (or whose send timed
+out) leaves it behind: profefe may have stored that profile already, so the next drain asks ``already_sent`` before
+sending it again, because profefe has no idempotent upload.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ class Entry:
 @dataclass
 class DrainResult:
     sent: int = 0
+    found: int = 0  # entries an interrupted drain had delivered already: removed, not sent again
     empty: int = 0
     rejected: int = 0
     left: int = 0
@@ -113,9 +118,13 @@ class Spool:
         return Delivery.from_meta(meta, entry.body_path.read_bytes())
 
     @staticmethod
-    def remove(entry: Entry) -> None:
+    def _marker(entry: Entry) -> Path:
+        return entry.meta_path.with_suffix(".sending")
+
+    @classmethod
+    def remove(cls, entry: Entry) -> None:
         # metadata first: an entry without it is invisible, so a crash here never re-sends a half-removed entry
-        for path in (entry.meta_path, entry.body_path):
+        for path in (entry.meta_path, entry.body_path, cls._marker(entry)):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
 
@@ -125,7 +134,7 @@ class Spool:
         return len(entries), sum(e.size for e in entries)
 
     def enforce_cap(self) -> int:
-        """Drop the oldest entries (waiting ones first, then rejected) until under the cap; returns drops."""
+        """Drop the oldest entries (rejected ones first, then waiting) until under the cap; returns drops."""
         waiting, rejected = self.entries(), self.rejected()
         total = sum(e.size for e in waiting) + sum(e.size for e in rejected)
         dropped = 0
@@ -170,9 +179,16 @@ class Spool:
                             path.unlink()
 
     def drain(
-        self, send: Callable[[Delivery], str], on_sent: Callable[[Delivery, str], None] | None = None
+        self,
+        send: Callable[[Delivery], str],
+        on_sent: Callable[[Delivery, str], None] | None = None,
+        already_sent: Callable[[Delivery], str | None] | None = None,
     ) -> DrainResult:
-        """Re-send entries oldest first; stop at the first temporary failure (profefe is still down)."""
+        """Re-send entries oldest first; stop at the first temporary failure (profefe is still down).
+
+        ``already_sent`` (where profefe has this delivery, or None) is asked only about entries whose last send
+        ended without an answer; without it, or when it cannot tell, they are sent again (a duplicate, never a
+        loss)."""
         result = DrainResult()
         with self._drain_lock() as locked:
             if not locked:
@@ -188,9 +204,23 @@ class Spool:
                     with contextlib.suppress(OSError):
                         os.replace(entry.meta_path, entry.meta_path.with_suffix(".bad"))
                     continue
+                marker = self._marker(entry)
+                if marker.exists() and already_sent is not None:
+                    try:
+                        found = already_sent(delivery)
+                    except KprofefeError:
+                        found = None
+                    if found:
+                        self.remove(entry)
+                        result.found += 1
+                        if on_sent is not None:
+                            on_sent(delivery, found)
+                        continue
+                marker.touch()
                 try:
                     where = send(delivery)
                 except TemporaryError as exc:
+                    # the marker stays: a timed-out upload may still be stored, so the next drain asks first
                     result.left = len(entries) - index
                     result.error = str(exc)
                     return result

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import random
 import threading
 import time
 import uuid
@@ -45,6 +46,8 @@ ROUND_TTL = 24 * 3600  # s: a round's counters, for `wait_round` and the demo
 #: outcomes that end a capture; "duplicate" (a redelivered task whose profile already landed) is not one
 FINAL_OUTCOMES = ("ok", "empty", "spooled", "rejected", "skipped", "failed", "expired", "poison")
 DISCOVERY_RETRIES = 2  # an API server blip should not cost a whole round; beat fires again next interval anyway
+LOCK_WAITS = 5  # extra retries for waits on a pod's CPU profiler (ours or someone else's), each one CPU window long
+WAIT_REASONS = ("cpu-locked", "cpu-busy")
 POD_HTTP_POOL = 8  # connections kept per pod: one round asks a pod for at most six profiles at once
 HOST_POOLS = 2000  # pods whose connections are cached; more just means new connections next round
 
@@ -159,19 +162,27 @@ def _on_spool_drop(delivery: Delivery | None, reason: str) -> None:
 
 
 def _round_key(round_id: str) -> str:
-    return f"{coordination.PREFIX}round:{round_id}"
+    return coordination.RoundCounters.key(round_id)
 
 
-def _count_outcome(round_id: str, outcome: str) -> None:
+def capture_id_for(round_id: str, namespace: str, pod: str, ptype: str) -> str:
+    """Unique per round, pod and type: the delivery ledger's key and the source of profefe's capture_id label."""
+    return f"{round_id}/{namespace}/{pod}/{ptype}"
+
+
+def _count_outcome(round_id: str, capture_id: str, outcome: str) -> None:
     if not round_id:
         return
+    counters = coordination.RoundCounters(runtime().redis, ROUND_TTL)
     try:
-        pipe = runtime().redis.pipeline()
-        pipe.hincrby(_round_key(round_id), outcome, 1)
-        if outcome in FINAL_OUTCOMES:
-            pipe.hincrby(_round_key(round_id), "done", 1)
-        pipe.expire(_round_key(round_id), ROUND_TTL)
-        pipe.execute()
+        if outcome == "duplicate":
+            counters.count(round_id, "duplicates")
+            # the first delivery stored the profile but died before counting it: for the round, it is stored
+            counters.count_final(round_id, capture_id, "ok")
+        elif outcome in FINAL_OUTCOMES:
+            counters.count_final(round_id, capture_id, outcome)
+        else:
+            counters.count(round_id, outcome)
     except redis.RedisError as exc:
         log.warning("round %s: outcome %s not counted: %s", round_id, outcome, exc)
 
@@ -223,8 +234,7 @@ def record(
     metrics.CAPTURES.labels(ptype, outcome, reason or outcome).inc()
     if outcome in ("ok", "spooled"):
         metrics.PROFILE_BYTES.labels(ptype).inc(size)
-    if outcome in FINAL_OUTCOMES or outcome == "duplicate":
-        _count_outcome(round_id, outcome)
+    _count_outcome(round_id, capture_id_for(round_id, target.namespace, target.pod, ptype), outcome)
     level = logging.INFO if outcome in ("ok", "empty", "duplicate", "retried") else logging.WARNING
     if outcome in ("failed", "poison", "rejected"):
         level = logging.ERROR
@@ -526,7 +536,7 @@ def capture(self: Task, target: dict[str, Any], ptype: str, round_id: str = "", 
     settings = rt.settings
     t = Target.from_dict(target)
     seconds = int(cpu_seconds or settings.cpu_seconds)
-    capture_id = f"{round_id or self.request.id}/{t.namespace}/{t.pod}/{ptype}"
+    capture_id = capture_id_for(round_id or str(self.request.id), t.namespace, t.pod, ptype)
     task_id = str(self.request.id or "")
     attempt = int(self.request.retries or 0)
 
@@ -549,7 +559,7 @@ def capture(self: Task, target: dict[str, Any], ptype: str, round_id: str = "", 
             )
         if isinstance(rt.sink, ProfefeSink):
             try:
-                stored = rt.sink.already_stored(t.service, ptype, capture_id, time.time() - settings.result_expires)
+                stored = rt.sink.already_stored(t.service, ptype, capture_id)
             except KprofefeError:
                 stored = None
             if stored:
@@ -561,8 +571,14 @@ def capture(self: Task, target: dict[str, Any], ptype: str, round_id: str = "", 
     except TemporaryError as exc:
         if exc.reason in ("target-unreachable", "target-timeout", "target-reset") and _pod_gone(rt, t):
             return done("skipped", reason="pod-gone", detail=str(exc))
-        if attempt < settings.capture_retries:
-            delay = backoff(attempt, max(1.0, settings.backoff_base), settings.backoff_max, exc.delay)
+        # Waiting for our own CPU lock is not a failure of the target: it costs no retry, only time, and the lock's
+        # lease bounds it (LOCK_WAITS caps a pod whose CPU profiler is kept busy by someone else without end).
+        budget = settings.capture_retries + (LOCK_WAITS if exc.reason in WAIT_REASONS else 0)
+        if attempt < budget:
+            if exc.reason in WAIT_REASONS and exc.delay:
+                delay = exc.delay + random.uniform(0, 0.5)  # a known wait (a CPU window), not a guess to cap
+            else:
+                delay = backoff(attempt, max(1.0, settings.backoff_base), settings.backoff_max, exc.delay)
             record(
                 t,
                 ptype,
@@ -570,7 +586,7 @@ def capture(self: Task, target: dict[str, Any], ptype: str, round_id: str = "", 
                 round_id=round_id,
                 reason=exc.reason,
                 task_id=task_id,
-                detail=f"{exc.message}; retry {attempt + 1}/{settings.capture_retries} in {delay:.1f}s",
+                detail=f"{exc.message}; retry {attempt + 1}/{budget} in {delay:.1f}s",
             )
             raise self.retry(countdown=delay, exc=exc) from exc
         return done("failed", reason=exc.reason, detail=exc.message)
@@ -632,7 +648,10 @@ def drain_once(rt: Runtime | None = None) -> dict[str, Any]:
             },
         )
 
-    result = rt.spool.drain(sink.store, on_sent=sent)
+    def stored_already(delivery: Delivery) -> str | None:
+        return sink.already_stored(delivery.service, delivery.ptype, delivery.capture_id)
+
+    result = rt.spool.drain(sink.store, on_sent=sent, already_sent=stored_already)
     _update_spool_gauges(rt)
     return {
         "sent": result.sent,
@@ -673,9 +692,31 @@ def _serve_metrics(**_: Any) -> None:
         metrics.serve(settings.metrics_port)
 
 
+def _sweep_unacked(stop: threading.Event, interval: float) -> None:
+    """Give a dead worker's unacknowledged tasks back to the queue once they pass the visibility timeout.
+
+    kombu's Redis transport does this only from an idle poll of its consumer loop, which a busy gevent worker
+    rarely reaches (measured: no redelivery within 70 s, sometimes never); this thread makes it happen every
+    ``interval`` seconds. A Redis mutex inside kombu keeps concurrent sweepers from restoring a task twice.
+    """
+    while not stop.wait(interval):
+        try:
+            with app.connection_for_write() as conn:
+                conn.default_channel.qos.restore_visible(num=1000, interval=1)
+        except Exception as exc:  # a Redis restart: the next sweep will do
+            log.warning("unacked-task sweep failed: %s", exc)
+
+
 @signals.worker_ready.connect
 def _on_worker_ready(**_: Any) -> None:
     settings = get_settings()
+    if settings.broker_url.startswith(("redis://", "rediss://", "unix://")):
+        threading.Thread(
+            target=_sweep_unacked,
+            args=(_stop_drainer, max(1.0, settings.visibility_timeout / 4)),
+            name="kprofefe-unacked-sweep",
+            daemon=True,
+        ).start()
     if settings.profefe_url:
         threading.Thread(
             target=_drain_forever,
