@@ -628,9 +628,7 @@ def drain_asking_profefe(spool: Spool, profefe: ProfefeServer, read_timeout: flo
         backoff_base=0.1,
         backoff_max=0.1,
     )
-    return spool.drain(
-        sink.store, already_sent=lambda d: sink.already_stored(d.service, d.ptype, d.capture_id)
-    )
+    return spool.drain(sink.store, already_sent=lambda d: sink.already_stored(d.service, d.ptype, d.capture_id))
 
 
 @pytest.mark.timeout(60)
