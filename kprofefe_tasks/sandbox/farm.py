@@ -784,7 +784,9 @@ class PprofFarm:
             conn.writer.write(TLS_ALERT)
             await conn.writer.drain()
         elif behavior is Behavior.GARBAGE:
-            junk = os.urandom(GARBAGE_BYTES)
+            # a fixed binary prefix: random bytes alone start like JSON or gzip now and then, and tests that
+            # expect 'not a profile, not anything else' would flake
+            junk = b"\x00\xff" + os.urandom(GARBAGE_BYTES - 2)
             await conn.send(200, "application/octet-stream", bytes([junk[0] & 0x0F]) + junk[1:])
         else:  # pragma: no cover - every member is handled above
             raise AssertionError(behavior)
