@@ -17,6 +17,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # An unacknowledged task (its worker died) is redelivered after this; it must exceed the longest capture
         # plus its upload retries, or live tasks get run twice.
         "visibility_timeout": settings.visibility_timeout,
+        # kombu's Redis channel allows 10 connections by default and raises (it does not wait) past them; a gevent
+        # worker acknowledging hundreds of captures at once hit that, dropped its connection and restored every
+        # unacknowledged capture (measured in bench/: the round's CPU captures ran twice).
+        "max_connections": settings.broker_max_connections,
     }
     config: dict[str, Any] = {
         "broker_url": settings.broker_url,
@@ -48,9 +52,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_hijack_root_logger": True,
         "worker_cancel_long_running_tasks_on_connection_loss": False,
         "broker_pool_limit": 10,
+        # Celery keeps one result backend per thread unless told it is thread safe; under gevent every task is a new
+        # greenlet, i.e. a new Redis connection pool and TCP connection per capture (found by bench/).
+        "result_backend_thread_safe": True,
     }
     if settings.broker_url.startswith("amqp"):
-        config["broker_transport_options"] = {}
+        config["broker_transport_options"] = {}  # Redis-only options; AMQP redelivers on connection loss itself
     return config
 
 

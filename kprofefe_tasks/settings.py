@@ -175,6 +175,14 @@ class Settings:
             "pods",
         ),
     )
+    broker_max_connections: int = field(
+        default=1100,
+        metadata=_doc(
+            "Redis broker connections one worker process may open; at least its `-c` (captures in flight "
+            "acknowledge together at the end of a CPU window).",
+            "connections",
+        ),
+    )
     visibility_timeout: int = field(
         default=900,
         metadata=_doc(
