@@ -226,6 +226,14 @@ class Settings:
             "Spread a scheduled round's captures over its interval by a hash of the target, instead of all at once."
         ),
     )
+    task_sent_events: bool = field(
+        default=True,
+        metadata=_doc(
+            "Publish a `task-sent` event per queued task, so Flower lists captures while they wait in the "
+            "queue. Costs about a quarter of discovery's fan-out time at 10,000 pods; `false` for very "
+            "large rounds."
+        ),
+    )
     metrics_port: int = field(
         default=9808,
         metadata=_doc("Port of the Prometheus `/metrics` and `/healthz` endpoint in each worker; 0 disables."),
