@@ -13,7 +13,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -66,32 +65,6 @@ PRODUCTION_ENV = {
     # The metrics endpoint binds 0.0.0.0; the benchmark stays on loopback. The counters are still updated.
     "KPROFEFE_METRICS_PORT": "0",
 }
-
-
-class AppProcess(CeleryProcess):
-    """A :class:`CeleryProcess` for another Celery app module (``bench.lean``): same command line otherwise."""
-
-    def __init__(self, app: str, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.app = app
-
-    def start(self, wait: bool = True, timeout: float = 60.0) -> CeleryProcess:
-        if self.app == "kprofefe_tasks":
-            return super().start(wait, timeout)
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 (kept open for the process's life)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", self.app, *self.args],
-            env=self.env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            cwd=self.cwd,
-            start_new_session=True,
-        )
-        if wait:
-            self.wait_ready(timeout)
-        return self
 
 
 @dataclass(frozen=True)
@@ -365,7 +338,9 @@ class Sandbox:
         started: list[CeleryProcess] = []
         for spec in specs:
             index = sum(1 for s, _ in self.workers if s.role == spec.role)
-            proc = AppProcess(self.app, "worker", spec.args(index), env, self.tmp / f"{spec.role}{index}.log", REPO)
+            proc = CeleryProcess(
+                "worker", spec.args(index), env, self.tmp / f"{spec.role}{index}.log", REPO, app=self.app
+            )
             self.workers.append((spec, proc))
             started.append(proc.start(wait=False))
         for started_proc in started:

@@ -17,6 +17,7 @@ import requests
 import urllib3
 
 from kprofefe_tasks import pprof
+from kprofefe_tasks.delivery import Delivery
 from kprofefe_tasks.errors import PermanentError, SkipError, TemporaryError
 from kprofefe_tasks.kube import Kube, ProxiedAnswer
 from kprofefe_tasks.settings import Settings
@@ -35,6 +36,20 @@ class Profile:
     info: pprof.ProfileInfo
     taken_at: float  # unix seconds when the capture finished
     duration: float  # seconds the capture took, CPU window included
+
+
+def delivery_for(capture_id: str, target: Target, ptype: str, profile: Profile) -> Delivery:
+    """The record a sink stores for a profile just taken (shared by the workers and the CLI)."""
+    return Delivery(
+        capture_id=capture_id,
+        service=target.service,
+        ptype=ptype,
+        namespace=target.namespace,
+        pod=target.pod,
+        labels=target.labels,
+        taken_at=profile.taken_at,
+        body=profile.body,
+    )
 
 
 def request_for(target: Target, ptype: str, cpu_seconds: int) -> tuple[str, dict[str, str]]:

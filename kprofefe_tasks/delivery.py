@@ -7,6 +7,11 @@ from dataclasses import dataclass
 from typing import Any
 
 
+def capture_id_for(round_id: str, namespace: str, pod: str, ptype: str) -> str:
+    """Unique per round, pod and type: the delivery ledger's key and the source of profefe's capture_id label."""
+    return f"{round_id}/{namespace}/{pod}/{ptype}"
+
+
 def digest_of(capture_id: str) -> str:
     """A short stable name for a capture, for file names and profefe's idempotency label."""
     return hashlib.sha1(capture_id.encode()).hexdigest()[:16]

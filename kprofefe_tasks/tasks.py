@@ -29,8 +29,8 @@ from celery.exceptions import Retry
 
 from kprofefe_tasks import coordination, logs, metrics
 from kprofefe_tasks.app import CAPTURE_QUEUE, app
-from kprofefe_tasks.capture import Profile, fetch
-from kprofefe_tasks.delivery import Delivery
+from kprofefe_tasks.capture import Profile, delivery_for, fetch
+from kprofefe_tasks.delivery import Delivery, capture_id_for
 from kprofefe_tasks.errors import ConfigError, KprofefeError, PermanentError, SkipError, TemporaryError
 from kprofefe_tasks.kube import Kube
 from kprofefe_tasks.profefe import ProfefeClient
@@ -163,11 +163,6 @@ def _on_spool_drop(delivery: Delivery | None, reason: str) -> None:
 
 def _round_key(round_id: str) -> str:
     return coordination.RoundCounters.key(round_id)
-
-
-def capture_id_for(round_id: str, namespace: str, pod: str, ptype: str) -> str:
-    """Unique per round, pod and type: the delivery ledger's key and the source of profefe's capture_id label."""
-    return f"{round_id}/{namespace}/{pod}/{ptype}"
 
 
 def _count_outcome(round_id: str, capture_id: str, outcome: str) -> None:
@@ -602,16 +597,7 @@ def capture(self: Task, target: dict[str, Any], ptype: str, round_id: str = "", 
         return done("failed", reason=exc.reason, detail=exc.message)
 
     metrics.CAPTURE_SECONDS.labels(ptype).observe(profile.duration)
-    delivery = Delivery(
-        capture_id=capture_id,
-        service=t.service,
-        ptype=ptype,
-        namespace=t.namespace,
-        pod=t.pod,
-        labels=t.labels,
-        taken_at=profile.taken_at,
-        body=profile.body,
-    )
+    delivery = delivery_for(capture_id, t, ptype, profile)
     outcome, reason, where = deliver(rt, delivery)
     if outcome != "empty":
         rt.ledger.mark_delivered(capture_id, where)

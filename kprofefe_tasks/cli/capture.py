@@ -27,10 +27,10 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from kprofefe_tasks import settings as settings_mod
-from kprofefe_tasks.capture import fetch
+from kprofefe_tasks.capture import delivery_for, fetch
 from kprofefe_tasks.cli import common, output
 from kprofefe_tasks.cli import targets as scope_mod
-from kprofefe_tasks.delivery import Delivery
+from kprofefe_tasks.delivery import capture_id_for
 from kprofefe_tasks.errors import KprofefeError, SkipError
 from kprofefe_tasks.kube import Kube
 from kprofefe_tasks.pod_annotations import ENABLE
@@ -119,16 +119,7 @@ def capture_one(
         return ended("failed", reason=exc.reason, detail=exc.message, seconds=time.monotonic() - started)
     except Exception as exc:  # a bug or a client library surprise must not take the other captures down
         return ended("failed", reason="error", detail=f"{exc.__class__.__name__}: {exc}")
-    delivery = Delivery(
-        capture_id=f"{run_id}/{t.namespace}/{t.pod}/{ptype}",
-        service=t.service,
-        ptype=ptype,
-        namespace=t.namespace,
-        pod=t.pod,
-        labels=t.labels,
-        taken_at=profile.taken_at,
-        body=profile.body,
-    )
+    delivery = delivery_for(capture_id_for(run_id, t.namespace, t.pod, ptype), t, ptype, profile)
     size, seconds = len(profile.body), profile.duration
     try:
         where = sink.store(delivery)
