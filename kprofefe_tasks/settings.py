@@ -184,10 +184,12 @@ class Settings:
         ),
     )
     visibility_timeout: int = field(
-        default=900,
+        default=300,
         metadata=_doc(
             "Redis broker: a task unacknowledged this long (its worker died) is redelivered. Must exceed "
-            "the longest capture plus its upload retries.",
+            "the longest capture plus its upload retries (30 s window + 10 s margin + about 2 min of "
+            "retries), and stay below the schedule interval so a dead worker's captures are re-taken "
+            "before they expire.",
             "s",
         ),
     )
