@@ -15,6 +15,7 @@ import pytest
 
 from kprofefe_tasks import pprof
 from kprofefe_tasks.pprof import PprofError, ProfileInfo
+from tests.protobuf import f_len, f_var, varint
 
 FIXTURES = Path(__file__).parent / "fixtures" / "pprof"
 MIB = 1024 * 1024
@@ -36,27 +37,6 @@ def fixture(name: str) -> bytes:
 
 
 # --- a minimal protobuf writer, to build profiles the fixtures do not cover ------------------------------------
-
-
-def varint(value: int) -> bytes:
-    value &= (1 << 64) - 1
-    out = bytearray()
-    while True:
-        low = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(low | 0x80)
-        else:
-            out.append(low)
-            return bytes(out)
-
-
-def f_len(field: int, payload: bytes) -> bytes:
-    return varint(field << 3 | 2) + varint(len(payload)) + payload
-
-
-def f_var(field: int, value: int) -> bytes:
-    return varint(field << 3) + varint(value)
 
 
 def packed(values: Iterable[int]) -> bytes:

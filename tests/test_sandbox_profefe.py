@@ -18,6 +18,7 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from kprofefe_tasks.sandbox.profefe import ProfefeServer, parse_labels, profile_type
+from tests.protobuf import f_len, f_var, varint
 
 FIXTURES = Path(__file__).parent / "fixtures" / "pprof"
 HEAP = (FIXTURES / "heap.pb.gz").read_bytes()
@@ -26,26 +27,6 @@ HEAP_CREATED_AT = "2026-11-26T00:41:56Z"  # heap.pb.gz's time_nanos, truncated t
 ID = re.compile(r"[0-9a-v]{20}")
 DAY = "from=2026-11-26T00:00:00&to=2026-11-27T00:00:00"
 TIMEOUT = 10  # seconds, per request: generous for a loaded CI machine
-
-
-def varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        low = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(low | 0x80)
-        else:
-            out.append(low)
-            return bytes(out)
-
-
-def f_len(field: int, payload: bytes) -> bytes:
-    return varint(field << 3 | 2) + varint(len(payload)) + payload
-
-
-def f_var(field: int, value: int) -> bytes:
-    return varint(field << 3) + varint(value)
 
 
 def goroutine_profile(samples: int = 1, time_nanos: int = 0) -> bytes:
