@@ -63,6 +63,8 @@ class Runtime:
     sink: Sink
     spool: Spool
     bucket: coordination.TokenBucket | None
+    rounds: coordination.RoundCounters
+    inflight: coordination.Semaphore | None
     _kube: Kube | None = None
     _kube_error: str = ""
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -128,6 +130,12 @@ def build_runtime(settings: Settings) -> Runtime:
         settings=settings,
         redis=client,
         ledger=coordination.Ledger(client),
+        rounds=coordination.RoundCounters(client, ROUND_TTL),
+        inflight=(
+            coordination.Semaphore(client, "captures", settings.max_inflight_captures)
+            if settings.max_inflight_captures > 0
+            else None
+        ),
         pods_http=_session(HOST_POOLS, POD_HTTP_POOL),
         sink=sink,
         spool=spool,
@@ -168,7 +176,7 @@ def _round_key(round_id: str) -> str:
 def _count_outcome(round_id: str, capture_id: str, outcome: str) -> None:
     if not round_id:
         return
-    counters = coordination.RoundCounters(runtime().redis, ROUND_TTL)
+    counters = runtime().rounds
     try:
         if outcome == "duplicate":
             counters.count(round_id, "duplicates")
@@ -495,13 +503,11 @@ def _take(rt: Runtime, target: Target, ptype: str, cpu_seconds: int, holder: str
         raise TemporaryError(
             f"{target.key}: another CPU profile is in flight", reason="cpu-locked", delay=max(1.0, lock.remaining())
         )
-    semaphore = None
-    if settings.max_inflight_captures > 0:
-        semaphore = coordination.Semaphore(rt.redis, "captures", settings.max_inflight_captures)
-        if not semaphore.acquire(holder, lease):
-            if lock is not None:
-                lock.release()
-            raise TemporaryError("cluster-wide capture limit reached", reason="inflight-limit", delay=1.0)
+    semaphore = rt.inflight
+    if semaphore is not None and not semaphore.acquire(holder, lease):
+        if lock is not None:
+            lock.release()
+        raise TemporaryError("cluster-wide capture limit reached", reason="inflight-limit", delay=1.0)
     try:
         kube = rt.kube() if settings.capture_via == "proxy" else None
         return fetch(target, ptype, settings, cpu_seconds=cpu_seconds, session=rt.pods_http, kube=kube)
