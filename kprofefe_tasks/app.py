@@ -46,11 +46,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         },
         "task_default_queue": CAPTURE_QUEUE,
         # Flower and `celery events` need these.
-        "worker_send_task_events": True,
+        "worker_send_task_events": settings.worker_events,
         # one extra publish per queued capture (27% of the fan-out's cost, bench/RESULTS.md); off, Flower shows a
         # capture from the moment a worker receives it, and the queue length still shows the backlog
         "task_send_sent_event": settings.task_sent_events,
-        "task_track_started": True,
+        "task_track_started": True,  # discovery only: captures turn it off (an extra result write each)
         "worker_hijack_root_logger": True,
         "worker_cancel_long_running_tasks_on_connection_loss": False,
         "broker_pool_limit": 10,

@@ -229,11 +229,20 @@ class Settings:
         ),
     )
     task_sent_events: bool = field(
+        default=False,
+        metadata=_doc(
+            "Publish a `task-sent` event per queued capture, so Flower lists captures while they still wait in the "
+            "queue. Off, Flower shows a capture once a worker receives it and the queue length shows the backlog. "
+            "On, discovery queues through `apply_async` instead of the bulk writer: about 6 times slower "
+            "(bench/RESULTS.md)."
+        ),
+    )
+    worker_events: bool = field(
         default=True,
         metadata=_doc(
-            "Publish a `task-sent` event per queued task, so Flower lists captures while they wait in the "
-            "queue. Costs about a quarter of discovery's fan-out time at 10,000 pods; `false` for very "
-            "large rounds."
+            "Workers publish task events (received, started, succeeded, failed): what Flower and `celery events` "
+            "show. Three publishes per capture, about a sixth of a capture worker's CPU (bench/RESULTS.md); "
+            "`false` on capture workers of very large clusters, where the round counters and `/metrics` remain."
         ),
     )
     metrics_port: int = field(

@@ -18,7 +18,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +27,7 @@ import requests
 from celery import Task, signals
 from celery.exceptions import Retry
 
-from kprofefe_tasks import coordination, logs, metrics
+from kprofefe_tasks import bulk, coordination, logs, metrics
 from kprofefe_tasks.app import CAPTURE_QUEUE, app
 from kprofefe_tasks.capture import Profile, delivery_for, fetch
 from kprofefe_tasks.delivery import Delivery, capture_id_for
@@ -50,6 +50,7 @@ LOCK_WAITS = 5  # extra retries for waits on a pod's CPU profiler (ours or someo
 WAIT_REASONS = ("cpu-locked", "cpu-busy")
 POD_HTTP_POOL = 8  # connections kept per pod: one round asks a pod for at most six profiles at once
 HOST_POOLS = 2000  # pods whose connections are cached; more just means new connections next round
+FAN_OUT_BATCH = 500  # Redis commands per pipelined write when queueing a round (about 1 MB of messages)
 
 
 @dataclass
@@ -341,27 +342,51 @@ def fan_out(
     expires_in: float,
     spread_window: float = 0.0,
 ) -> int:
-    """Queue one capture per (target, type) over one broker connection; returns how many.
+    """Queue one capture per (target, type) over one broker connection, in pipelined batches; returns how many.
 
     CPU captures go first: each holds a pool slot for its whole window, so starting every window early is what lets
     a round end about one window after it began; the snapshot captures fill the remaining slots meanwhile.
+
+    Per message this skips what a round never reads (bench/RESULTS.md measured each): a stored result (the round's
+    counters and the metrics carry every outcome, and Celery would otherwise subscribe to each capture's result
+    channel as it is sent) and one Redis round trip per message. On Redis without ``task-sent`` events the messages
+    are written by :mod:`kprofefe_tasks.bulk`; otherwise by ``apply_async`` in kombu's publish batches.
     """
     jobs = [(target, ptype) for target in targets for ptype in target.types]
     jobs.sort(key=lambda job: job[1] != "cpu")  # stable: listing order is kept within each group
     payloads: dict[str, dict[str, Any]] = {}
-    with app.producer_or_acquire() as producer:
+
+    def messages() -> Iterator[bulk.Message]:
         for target, ptype in jobs:
-            payload = payloads.setdefault(target.key, target.to_dict())
+            payload = payloads.get(target.key)
+            if payload is None:
+                payload = payloads[target.key] = target.to_dict()
             countdown = spread_offset(f"{target.key}/{ptype}", spread_window)
-            capture.apply_async(
+            yield bulk.Message(
                 kwargs={"target": payload, "ptype": ptype, "round_id": round_id, "cpu_seconds": cpu_seconds},
-                queue=CAPTURE_QUEUE,
-                countdown=countdown or None,
-                expires=countdown + expires_in,
-                producer=producer,
                 # what Flower and the logs show; Celery's own repr of the target dict cost 14% of the fan-out
                 kwargsrepr=f"{{'pod': '{target.key}', 'ptype': '{ptype}', 'round_id': '{round_id}'}}",
+                countdown=countdown,
+                expires=countdown + expires_in,
             )
+
+    if bulk.supported(app):
+        return bulk.publish(app, capture.name, CAPTURE_QUEUE, messages(), batch=FAN_OUT_BATCH)
+    queue = app.amqp.queues[CAPTURE_QUEUE]
+    with app.producer_or_acquire() as producer:
+        producer.maybe_declare(queue)  # once, not once per message
+        with producer.batch(max_size=FAN_OUT_BATCH):
+            for message in messages():
+                capture.apply_async(
+                    kwargs=message.kwargs,
+                    kwargsrepr=message.kwargsrepr,
+                    countdown=message.countdown or None,
+                    expires=message.expires,
+                    queue=queue,
+                    declare=[],
+                    producer=producer,
+                    ignore_result=True,
+                )
     return len(jobs)
 
 
@@ -536,7 +561,16 @@ def deliver(rt: Runtime, delivery: Delivery) -> tuple[str, str, str]:
     return outcome, reason, where
 
 
-@app.task(name="kprofefe.capture", bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None)
+# No STARTED state: it cost a result write (GET, SET, PUBLISH) per capture; Flower shows a started capture from its
+# task-started event. Fan-out captures store no result at all (see fan_out); one queued by hand still does.
+@app.task(
+    name="kprofefe.capture",
+    bind=True,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    max_retries=None,
+    track_started=False,
+)
 def capture(self: Task, target: dict[str, Any], ptype: str, round_id: str = "", cpu_seconds: int = 0) -> dict[str, Any]:
     """Take one profile of one pod and store it; every path ends in exactly one recorded outcome."""
     rt = runtime()

@@ -1,0 +1,96 @@
+"""The bulk writer puts on the queue what ``apply_async`` would, field for field (ids and times aside), and a real
+worker runs what it wrote. A Celery or kombu upgrade that changes the message format fails here."""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+import redis
+
+from kprofefe_tasks import bulk, tasks
+from kprofefe_tasks.app import CAPTURE_QUEUE, app
+
+pytestmark = pytest.mark.integration
+
+VARYING_HEADERS = ("id", "root_id", "eta", "expires", "origin")
+VARYING_PROPERTIES = ("correlation_id", "delivery_tag")
+
+
+def _queued(client: redis.Redis) -> list[dict[str, Any]]:
+    # LPUSH: the oldest message is at the right-hand end
+    return [json.loads(raw) for raw in reversed(client.lrange(CAPTURE_QUEUE, 0, -1))]
+
+
+def _comparable(message: dict[str, Any]) -> dict[str, Any]:
+    message = json.loads(json.dumps(message))
+    for key in VARYING_HEADERS:
+        message["headers"].pop(key)
+    for key in VARYING_PROPERTIES:
+        message["properties"].pop(key)
+    # apply_async copies these options into the properties too; no consumer reads them there
+    for key in ("kwargsrepr", "expiration"):
+        message["properties"].pop(key, None)
+    return message
+
+
+def test_bulk_messages_match_apply_async(redis_client: redis.Redis) -> None:
+    kwargs = {"target": {"namespace": "web", "pod": "api-0"}, "ptype": "heap", "round_id": "r1", "cpu_seconds": 10}
+    before = datetime.now().astimezone()
+    tasks.capture.apply_async(
+        kwargs=kwargs, kwargsrepr="web/api-0 heap", queue=CAPTURE_QUEUE, countdown=5, expires=60, ignore_result=True
+    )
+    published = bulk.publish(
+        app,
+        tasks.capture.name,
+        CAPTURE_QUEUE,
+        [bulk.Message(kwargs=kwargs, kwargsrepr="web/api-0 heap", countdown=5, expires=60)],
+    )
+    assert published == 1
+    reference, ours = _queued(redis_client)
+
+    assert _comparable(ours) == _comparable(reference)
+    assert base64.b64decode(ours["body"]) == base64.b64decode(reference["body"])
+    assert ours["headers"]["id"] == ours["headers"]["root_id"] == ours["properties"]["correlation_id"]
+    assert ours["properties"]["delivery_tag"] != ours["headers"]["id"]
+    for message in (reference, ours):
+        eta = datetime.fromisoformat(message["headers"]["eta"])
+        expires = datetime.fromisoformat(message["headers"]["expires"])
+        assert timedelta(seconds=4) < eta - before < timedelta(seconds=15)
+        assert timedelta(seconds=55) < expires - before < timedelta(seconds=70)
+
+
+def test_bulk_keeps_order_and_splits_batches(redis_client: redis.Redis) -> None:
+    messages = [bulk.Message(kwargs={"n": n}, kwargsrepr=str(n)) for n in range(7)]
+    assert bulk.publish(app, tasks.capture.name, CAPTURE_QUEUE, messages, batch=3) == 7
+    queued = _queued(redis_client)
+    assert [json.loads(base64.b64decode(m["body"]))[1]["n"] for m in queued] == list(range(7))
+    assert all(m["headers"]["eta"] is None and m["headers"]["expires"] is None for m in queued)
+    assert len({m["headers"]["id"] for m in queued}) == 7
+
+
+def test_bulk_is_only_for_redis_without_sent_events() -> None:
+    assert bulk.supported(app) == (not app.conf.task_send_sent_event)
+    with _Override(app, broker_url="amqp://guest@127.0.0.1//"):
+        assert not bulk.supported(app)
+    with _Override(app, task_send_sent_event=True):
+        assert not bulk.supported(app)
+
+
+class _Override:
+    """Change app settings for a block and put them back."""
+
+    def __init__(self, celery_app: Any, **changes: Any) -> None:
+        self.app, self.changes, self.saved = celery_app, changes, {}
+
+    def __enter__(self) -> None:
+        for key, value in self.changes.items():
+            self.saved[key] = self.app.conf[key]
+            self.app.conf[key] = value
+
+    def __exit__(self, *_: Any) -> None:
+        for key, value in self.saved.items():
+            self.app.conf[key] = value
