@@ -13,6 +13,7 @@ import redis
 
 from kprofefe_tasks import bulk, tasks
 from kprofefe_tasks.app import CAPTURE_QUEUE, app
+from kprofefe_tasks.targets import Target
 
 pytestmark = pytest.mark.integration
 
@@ -94,3 +95,47 @@ class _Override:
     def __exit__(self, *_: Any) -> None:
         for key, value in self.saved.items():
             self.app.conf[key] = value
+
+
+@pytest.mark.parametrize("sent_events", [False, True], ids=["bulk", "apply_async"])
+def test_fan_out_queues_cpu_first_the_same_on_both_paths(redis_client: redis.Redis, sent_events: bool) -> None:
+    targets = [
+        Target(
+            namespace="web",
+            pod=f"api-{n}",
+            uid=f"uid-{n}",
+            ip=f"127.31.9.{n + 1}",
+            port=6060,
+            path="/debug/pprof",
+            service="api",
+            container="app",
+            node="node-a",
+            types=("heap", "cpu", "goroutine"),
+            labels=(("team", "x"),),
+        )
+        for n in range(3)
+    ]
+    before = datetime.now().astimezone()
+    with _Override(app, task_send_sent_event=sent_events):
+        assert bulk.supported(app) == (not sent_events)
+        queued = tasks.fan_out(targets, round_id="r9", cpu_seconds=7, expires_in=120, spread_window=30)
+    assert queued == 9
+    messages = _queued(redis_client)
+    bodies = [json.loads(base64.b64decode(m["body"]))[1] for m in messages]
+    assert [(b["target"]["pod"], b["ptype"]) for b in bodies] == [
+        *[(f"api-{n}", "cpu") for n in range(3)],
+        *[(f"api-{n}", t) for n in range(3) for t in ("heap", "goroutine")],
+    ]
+    assert all(b["round_id"] == "r9" and b["cpu_seconds"] == 7 for b in bodies)
+    assert Target.from_dict(bodies[0]["target"]) == targets[0]
+    for message, body in zip(messages, bodies, strict=True):
+        headers = message["headers"]
+        assert headers["task"] == "kprofefe.capture"
+        assert headers["ignore_result"] is True
+        assert body["target"]["pod"] in headers["kwargsrepr"]
+        # spread: a stable offset within the window, and the message expires that long after it
+        offset = tasks.spread_offset(f"web/{body['target']['pod']}/{body['ptype']}", 30)
+        eta = datetime.fromisoformat(headers["eta"])
+        expires = datetime.fromisoformat(headers["expires"])
+        assert abs((eta - before).total_seconds() - offset) < 2
+        assert abs((expires - eta).total_seconds() - 120) < 1
