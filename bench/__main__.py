@@ -17,6 +17,13 @@ from bench.scenarios import SCENARIOS, Config
 ORDER = ("round", "throughput", "discovery", "memory", "spread")
 
 
+def _setting(item: str, parser: argparse.ArgumentParser) -> tuple[str, str]:
+    key, sep, value = item.partition("=")
+    if not sep or not key.startswith("KPROFEFE_"):
+        parser.error(f"--env wants KPROFEFE_NAME=VALUE, not {item!r}")
+    return key, value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("scenarios", nargs="*", default=["all"], choices=["all", *ORDER], metavar="SCENARIO")
@@ -26,10 +33,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--upload-rate", type=float, default=Config.upload_rate, help="KPROFEFE_UPLOAD_RATE")
     parser.add_argument("--upload-burst", type=int, default=Config.upload_burst, help="KPROFEFE_UPLOAD_BURST")
     parser.add_argument(
-        "--variant",
-        choices=["product", "lean"],
-        default="product",
-        help="product: the app as shipped; lean: bench.lean, the app without task events and capture results",
+        "--env",
+        action="append",
+        default=[],
+        metavar="KPROFEFE_X=VALUE",
+        help="a worker setting on top of the production ones (repeatable), e.g. KPROFEFE_WORKER_EVENTS=false",
     )
     parser.add_argument("--scale", type=float, default=1.0, help="multiply pod counts (smoke runs)")
     parser.add_argument("--profile", action="store_true", help="sample the workers with py-spy (needs py-spy)")
@@ -47,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         out_dir=args.out,
         keep_logs=args.keep_logs,
         scale=args.scale,
-        variant=args.variant,
+        worker_env=dict(_setting(item, parser) for item in args.env),
     )
     if cfg.profile and harness.py_spy() is None:
         parser.error("--profile needs py-spy on PATH or KPROFEFE_PYSPY=/path/to/py-spy")

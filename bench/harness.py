@@ -27,7 +27,7 @@ from celery.exceptions import TimeoutError as CeleryTimeoutError
 REDIS_DB = int(os.environ.get("KPROFEFE_BENCH_REDIS_DB", "13"))
 """A database of the machine's Redis that nothing else uses: it is flushed before and after every scenario."""
 REPO = Path(__file__).resolve().parent.parent
-"""Workers run from the repository root, so ``-A bench.lean`` imports like ``-A kprofefe_tasks``."""
+"""Workers run from the repository root: they import this checkout's ``kprofefe_tasks`` and ``beat_schedule``."""
 REDIS_HOST = "127.0.0.1"
 REDIS_PORT = 6379
 BROKER = f"redis://{REDIS_HOST}:{REDIS_PORT}/{REDIS_DB}"
@@ -279,7 +279,6 @@ class Sandbox:
     namespaces: int = 20
     env_overrides: dict[str, str] = field(default_factory=dict)
     keep_logs: Path | None = None
-    app: str = "kprofefe_tasks"  # "bench.lean" for the experiment without task events and capture results
     tmp: Path = field(init=False)
     redis: redis.Redis = field(init=False)
     farm: Double | None = field(init=False, default=None)
@@ -338,9 +337,7 @@ class Sandbox:
         started: list[CeleryProcess] = []
         for spec in specs:
             index = sum(1 for s, _ in self.workers if s.role == spec.role)
-            proc = CeleryProcess(
-                "worker", spec.args(index), env, self.tmp / f"{spec.role}{index}.log", REPO, app=self.app
-            )
+            proc = CeleryProcess("worker", spec.args(index), env, self.tmp / f"{spec.role}{index}.log", REPO)
             self.workers.append((spec, proc))
             started.append(proc.start(wait=False))
         for started_proc in started:

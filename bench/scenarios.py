@@ -46,9 +46,8 @@ class Config:
     profile: bool = False
     out_dir: Path = Path("bench/results")
     keep_logs: bool = False
-    variant: str = "product"
-    """``product``: ``celery -A kprofefe_tasks`` as shipped. ``lean``: ``-A bench.lean``, the product app without
-    task events and capture results (see :mod:`bench.lean`)."""
+    worker_env: dict[str, str] = field(default_factory=dict)
+    """``--env`` settings on top of the production ones, e.g. ``KPROFEFE_WORKER_EVENTS=false``."""
     scale: float = 1.0
     """Multiplies pod counts (0.1 for a quick smoke run); goals are judged on the real sizes only."""
 
@@ -56,6 +55,7 @@ class Config:
         return {
             "KPROFEFE_UPLOAD_RATE": f"{self.upload_rate:g}",
             "KPROFEFE_UPLOAD_BURST": str(self.upload_burst),
+            **self.worker_env,
             **extra,
         }
 
@@ -69,7 +69,7 @@ class Config:
             "upload_rate": self.upload_rate,
             "upload_burst": self.upload_burst,
             "scale": self.scale,
-            "variant": self.variant,
+            "worker_env": self.worker_env,
         }
 
 
@@ -87,8 +87,7 @@ class Measured:
 
 def _sandbox(cfg: Config, name: str, run: int, pods: int, farm_targets: int, **env: str) -> Sandbox:
     logs = cfg.out_dir / "logs" / f"{name}-{run}" if cfg.keep_logs else None
-    app = "kprofefe_tasks" if cfg.variant == "product" else "bench.lean"
-    return Sandbox(pods=pods, farm_targets=farm_targets, env_overrides=cfg.env(**env), keep_logs=logs, app=app)
+    return Sandbox(pods=pods, farm_targets=farm_targets, env_overrides=cfg.env(**env), keep_logs=logs)
 
 
 class _UploadRate:

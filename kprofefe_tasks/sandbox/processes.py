@@ -29,9 +29,9 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
-def celery_command(app: str = "kprofefe_tasks") -> list[str]:
-    """``celery -A <app>`` from this interpreter's environment, whatever PATH says."""
-    return [sys.executable, "-m", "celery", "-A", app]
+def celery_command() -> list[str]:
+    """``celery -A kprofefe_tasks`` from this interpreter's environment, whatever PATH says."""
+    return [sys.executable, "-m", "celery", "-A", "kprofefe_tasks"]
 
 
 def worker_args(
@@ -65,10 +65,8 @@ class CeleryProcess:
         env: Mapping[str, str],
         log_path: Path,
         cwd: Path | None = None,
-        app: str = "kprofefe_tasks",
     ) -> None:
         self.kind = kind
-        self.app = app  # another module only for experiments (bench/lean.py); production is kprofefe_tasks
         self.args = list(args)
         self.env = {**os.environ, **env}
         self.log_path = Path(log_path)
@@ -80,7 +78,7 @@ class CeleryProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "ab")  # noqa: SIM115 (kept open for the process's life)
         self.proc = subprocess.Popen(
-            [*celery_command(self.app), *self.args],
+            [*celery_command(), *self.args],
             env=self.env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
