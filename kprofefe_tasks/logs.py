@@ -44,10 +44,19 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(data, default=str, ensure_ascii=False)
 
 
+#: Celery's own INFO lines per task: received, succeeded (with the repr of the result), retry. Our "capture <outcome>"
+#: line says the same with the pod and type (retries at WARNING), so unless the level is DEBUG they are dropped: they
+#: cost about 6% of a capture worker's CPU (bench/RESULTS.md). Celery's ERROR lines for failed tasks stay.
+CELERY_PER_TASK_LOGGERS = ("celery.app.trace", "celery.worker.strategy")
+
+
 def install(level: str, fmt: str, logger: logging.Logger | None = None) -> None:
     """Apply our level and format to the handlers Celery has set up (or the root logger's)."""
     target = logger or logging.getLogger()
     target.setLevel(level.upper())
+    quiet = logging.getLevelName(level.upper()) != logging.DEBUG
+    for name in CELERY_PER_TASK_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING if quiet else logging.NOTSET)
     if fmt == "json":
         for handler in target.handlers or [logging.StreamHandler()]:
             handler.setFormatter(JsonFormatter())

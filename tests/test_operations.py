@@ -4,13 +4,14 @@ with RabbitMQ as the broker (Redis kept for locks and limits)."""
 from __future__ import annotations
 
 import json
+import logging
 import time
 
 import pytest
 import requests
 from celery import Celery
 
-from kprofefe_tasks import tasks
+from kprofefe_tasks import logs, tasks
 from kprofefe_tasks.sandbox.farm import Behavior
 from kprofefe_tasks.sandbox.kubeapi import make_pod
 from kprofefe_tasks.sandbox.processes import CeleryProcess, free_port
@@ -71,6 +72,22 @@ def test_metrics_after_a_round_show_counts_by_type_and_outcome_and_logs_are_json
         ("bad", "heap", "failed"),
     }
     assert all(r["namespace"] == "web" for r in outcome_lines)
+    # one line per capture, ours: Celery's per-task INFO lines (received, succeeded with the result's repr) are off
+    loggers = {json.loads(line)["logger"] for line in worker.output().splitlines() if line.startswith("{")}
+    assert not loggers & set(logs.CELERY_PER_TASK_LOGGERS), loggers
+    assert "kprofefe.tasks" in loggers
+
+
+def test_celery_per_task_lines_come_back_at_debug() -> None:
+    try:
+        logs.install("DEBUG", "text", logging.getLogger("kprofefe-test"))
+        # NOTSET: they follow the worker's logger again, which is at DEBUG
+        assert all(logging.getLogger(n).level == logging.NOTSET for n in logs.CELERY_PER_TASK_LOGGERS)
+        logs.install("INFO", "text", logging.getLogger("kprofefe-test"))
+        assert all(logging.getLogger(n).level == logging.WARNING for n in logs.CELERY_PER_TASK_LOGGERS)
+    finally:
+        for name in logs.CELERY_PER_TASK_LOGGERS:
+            logging.getLogger(name).setLevel(logging.NOTSET)
 
 
 def test_flower_lists_the_rounds_tasks(stack: Stack) -> None:
