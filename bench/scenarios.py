@@ -351,7 +351,9 @@ def discovery(cfg: Config, run: int) -> Result:
         m = _measure(sb, cfg, f"discovery-{run}", {}, None, timeout=DISCOVERY_TIMEOUT_S, captures=False)
         queued = _queue_length(sb, "capture")
         wall = m.outcome.trigger_to_fanout_s
-        listing_s, listed = _time_listing(sb, DISCOVERY_PAGE_SIZE)
+        listing_s, targets = _time_listing(sb, DISCOVERY_PAGE_SIZE)
+        listed = len(targets)
+        fan_out_us = _time_fan_out(sb, targets)
         rss = m.sampler.peak_rss_mib("discovery")
         result = _result(
             "discovery",
@@ -368,6 +370,8 @@ def discovery(cfg: Config, run: int) -> Result:
                 "discover_task_s": m.outcome.summary.get("seconds"),
                 "listing_only_s": listing_s,
                 "listing_only_targets": listed,
+                # the same fan-out code in the driver, both ways, side by side in this run (µs per queued message)
+                "fan_out_us_per_message": fan_out_us,
                 "fan_out_share_of_task": round(1 - listing_s / float(m.outcome.summary.get("seconds") or 1), 3),
                 "worker_rss_before_mib": round(before, 1),
                 "list_requests": m.kube.get("list_requests"),
@@ -385,7 +389,7 @@ def discovery(cfg: Config, run: int) -> Result:
         return result
 
 
-def _time_listing(sb: Sandbox, page_size: int) -> tuple[float, int]:
+def _time_listing(sb: Sandbox, page_size: int) -> tuple[float, list[Any]]:
     """The listing half of discovery alone (same code, in this process): list every pod and turn it into a target.
 
     The rest of the discovery task's time is the fan-out."""
@@ -395,8 +399,29 @@ def _time_listing(sb: Sandbox, page_size: int) -> tuple[float, int]:
 
     kube = Kube.connect(KubeOptions(kubeconfig=str(sb.kube.info["kubeconfig"])))
     started = time.monotonic()
-    found = tasks.find_targets(kube, None, types=PROFILE_TYPES, page_size=page_size)
-    return round(time.monotonic() - started, 2), len(found[0])  # (targets, skips, ...)
+    targets, _skips, _errors = tasks.find_targets(kube, None, types=PROFILE_TYPES, page_size=page_size)
+    return round(time.monotonic() - started, 2), targets
+
+
+def _time_fan_out(sb: Sandbox, targets: list[Any], slow_sample: int = 1000) -> dict[str, float]:
+    """``tasks.fan_out`` in this process, once per path: the bulk writer for every target, ``apply_async`` (the path
+    taken when task-sent events are on) for ``slow_sample`` of them. CPU µs per queued message; queue emptied after."""
+    from kprofefe_tasks import bulk, tasks
+    from kprofefe_tasks.app import app
+
+    figures: dict[str, float] = {}
+    saved = app.conf.task_send_sent_event
+    try:
+        for path, sent_events, sample in (("bulk", False, targets), ("apply_async", True, targets[:slow_sample])):
+            app.conf.task_send_sent_event = sent_events
+            assert bulk.supported(app) is not sent_events
+            started = time.process_time()
+            queued = tasks.fan_out(sample, round_id=f"bench-{path}", cpu_seconds=10, expires_in=600)
+            figures[path] = round((time.process_time() - started) / max(1, queued) * 1e6, 1)
+            sb.redis.delete("capture")
+    finally:
+        app.conf.task_send_sent_event = saved
+    return figures
 
 
 def _queue_length(sb: Sandbox, queue: str) -> int:

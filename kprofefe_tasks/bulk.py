@@ -1,12 +1,13 @@
-"""Queueing a round's captures in bulk on a Redis broker: Celery's own messages, written in pipelined batches.
+"""Queueing a round's captures in bulk on a Redis broker: Celery's own messages, 500 per Redis command.
 
-``apply_async`` costs about 170 µs of CPU per message even batched (bench/RESULTS.md: signals, routing, an
-``AsyncResult`` per message, kombu's per-publish path), so a 10,000-pod round of 60,000 captures took 10 s to queue
-before a single capture could start. Here the fixed parts of a message are built once per round, through Celery's
-own ``as_task_v2``, and each message only gets its id, times and arguments: a few tens of µs.
+``apply_async`` costs 250-330 µs of CPU per message here even with kombu's publish batches (signals, routing, an
+``AsyncResult`` and a ``task-sent`` event per message, kombu's per-publish path), so a 10,000-pod round of 60,000
+captures took about 18 s to queue before its last capture could start. Here the fixed part of a message is encoded
+once per round, from Celery's own ``as_task_v2``, and each message only gets its id, times and arguments: about
+25-30 µs (``python -m bench discovery`` prints both, side by side).
 
-What is written is exactly what ``apply_async`` + kombu's Redis transport would write (protocol 2, JSON, base64
-body, ``delivery_mode`` 2, the anonymous exchange routed to the queue by name). ``tests/test_bulk.py`` holds the two
+What is written is what ``apply_async`` + kombu's Redis transport would write (protocol 2, JSON, base64 body,
+``delivery_mode`` 2, the anonymous exchange routed to the queue by name). ``tests/test_bulk.py`` holds the two
 side by side, so a Celery or kombu upgrade that changes the format fails there, not in production. Not used for an
 AMQP broker, nor when ``task-sent`` events are wanted: those go through ``apply_async`` (see ``tasks.fan_out``).
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -24,6 +26,8 @@ from typing import Any
 from celery import Celery
 
 #: the part of a protocol-2 body after args and kwargs: no callbacks, errbacks, chain or chord
+_dumps = json.dumps
+_encode_str = json.encoder.encode_basestring_ascii  # what json.dumps does to a str (ensure_ascii, the default)
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 
 
@@ -43,8 +47,10 @@ def supported(app: Celery) -> bool:
     return url.startswith(("redis://", "rediss://", "unix://")) and not app.conf.task_send_sent_event
 
 
-def _envelope(app: Celery, task_name: str, queue: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Headers and properties shared by every message of a batch, from Celery's own message builder."""
+def _template(app: Celery, task_name: str, queue: str) -> tuple[list[str], list[str]]:
+    """The wire message as JSON text with holes: ``(pieces, slots)``, where a message is ``pieces[0]``, its value
+    for ``slots[0]``, ``pieces[1]``, ... The fixed parts come from Celery's own message builder, so the text is what
+    ``json.dumps`` of kombu's envelope gives, without encoding the same 40 header fields 60,000 times."""
     headers, properties, _, _ = app.amqp.as_task_v2(
         "",
         task_name,
@@ -55,47 +61,89 @@ def _envelope(app: Celery, task_name: str, queue: str) -> tuple[dict[str, Any], 
         kwargsrepr="",
         reply_to=app.thread_oid,  # as apply_async sets it
     )
-    properties = {
-        **properties,
-        "delivery_mode": 2,  # persistent, as kombu marks Celery's task messages
-        "delivery_info": {"exchange": "", "routing_key": queue},
-        "priority": 0,
-        "body_encoding": "base64",
+    hole = "\x00{}\x00".format
+    wire = {
+        "body": hole("body"),
+        "content-encoding": "utf-8",
+        "content-type": "application/json",
+        "headers": {
+            **headers,
+            **{name: hole(name) for name in ("id", "root_id", "eta", "expires", "kwargsrepr")},
+        },
+        "properties": {
+            **properties,
+            "correlation_id": hole("correlation_id"),
+            "delivery_mode": 2,  # persistent, as kombu marks Celery's task messages
+            "delivery_info": {"exchange": "", "routing_key": queue},
+            "priority": 0,
+            "body_encoding": "base64",
+            "delivery_tag": hole("delivery_tag"),
+        },
     }
-    return headers, properties
+    parts = re.split(r'"\\u0000(\w+)\\u0000"', _dumps(wire))
+    return parts[0::2], parts[1::2]
+
+
+def _kwargs_json(kwargs: dict[str, Any], keys: dict[str, str], shared: dict[int, tuple[Any, str]]) -> str:
+    """``json.dumps(kwargs)``, byte for byte, with each dict or list value encoded once however many messages share
+    it (a target's six captures share its payload: most of a message's bytes) and keys encoded once per batch."""
+    parts = []
+    for key, value in kwargs.items():
+        key_text = keys.get(key)
+        if key_text is None:
+            key_text = keys[key] = _dumps(key)
+        if type(value) is str:
+            text = _encode_str(value)
+        elif type(value) is int:  # not bool: json writes true/false
+            text = str(value)
+        elif isinstance(value, dict | list):
+            hit = shared.get(id(value))
+            if hit is None or hit[0] is not value:  # the same object, not one that reused a dead one's id
+                hit = shared[id(value)] = (value, _dumps(value))
+            text = hit[1]
+        else:
+            text = _dumps(value)
+        parts.append(f"{key_text}: {text}")
+    return "{" + ", ".join(parts) + "}"
 
 
 def encode(
     app: Celery, task_name: str, queue: str, messages: Iterable[Message], now: datetime | None = None
 ) -> Iterator[tuple[str, str]]:
     """``(task id, wire message)`` for each message, in order."""
-    headers, properties = _envelope(app, task_name, queue)
+    pieces, slots = _template(app, task_name, queue)
     now = now or datetime.now(UTC)
-    dumps = json.dumps
+    embed = _dumps(_EMBED)
+    keys: dict[str, str] = {}
+    shared: dict[int, tuple[Any, str]] = {}
     for message in messages:
         task_id = str(uuid.uuid4())
-        body = dumps([[], message.kwargs, _EMBED]).encode()
-        eta = (now + timedelta(seconds=message.countdown)).isoformat() if message.countdown > 0 else None
-        expires = (now + timedelta(seconds=message.expires)).isoformat() if message.expires > 0 else None
-        wire = {
-            "body": base64.b64encode(body).decode(),
-            "content-encoding": "utf-8",
-            "content-type": "application/json",
-            "headers": {
-                **headers,
-                "id": task_id,
-                "root_id": task_id,
-                "eta": eta,
-                "expires": expires,
-                "kwargsrepr": message.kwargsrepr,
-            },
-            "properties": {**properties, "correlation_id": task_id, "delivery_tag": str(uuid.uuid4())},
+        body = f"[[], {_kwargs_json(message.kwargs, keys, shared)}, {embed}]".encode()  # = dumps([[], kwargs, _EMBED])
+        task_json = _encode_str(task_id)
+        values = {
+            "body": '"' + base64.b64encode(body).decode() + '"',
+            "id": task_json,
+            "root_id": task_json,
+            "correlation_id": task_json,
+            "eta": _time(now, message.countdown),
+            "expires": _time(now, message.expires),
+            "kwargsrepr": _encode_str(message.kwargsrepr),
+            "delivery_tag": _encode_str(str(uuid.uuid4())),
         }
-        yield task_id, dumps(wire)
+        out = [pieces[0]]
+        for slot, piece in zip(slots, pieces[1:], strict=True):
+            out.append(values[slot])
+            out.append(piece)
+        yield task_id, "".join(out)
+
+
+def _time(now: datetime, seconds: float) -> str:
+    """An ISO 8601 time ``seconds`` from ``now`` as JSON, or ``null`` for none (Celery's eta and expires)."""
+    return f'"{(now + timedelta(seconds=seconds)).isoformat()}"' if seconds > 0 else "null"
 
 
 def publish(app: Celery, task_name: str, queue: str, messages: Iterable[Message], batch: int = 500) -> int:
-    """Queue every message on ``queue``, ``batch`` per Redis round trip, in order; returns how many.
+    """Queue every message on ``queue``, ``batch`` per Redis command, in order; returns how many.
 
     A failure part way raises after the batches already written: those captures run, the rest do not (as when a
     discovery dies in ``apply_async``); the round's counters then show fewer done than expected.
@@ -104,16 +152,21 @@ def publish(app: Celery, task_name: str, queue: str, messages: Iterable[Message]
     with app.producer_or_acquire() as producer:
         producer.maybe_declare(app.amqp.queues[queue])  # the binding kombu's consumers look up
         client = producer.channel.client  # kombu's own Redis client: same URL, pool and transport options
-        pipe = client.pipeline(transaction=False)
-        pending = 0
+        pending: list[str] = []
         for _, wire in encode(app, task_name, queue, messages):
-            # LPUSH, like kombu: workers BRPOP from the other end, so the first queued is the first run
-            pipe.lpush(queue, wire)
-            pending += 1
-            count += 1
-            if pending >= batch:
-                pipe.execute()
-                pending = 0
-        if pending:
-            pipe.execute()
+            pending.append(wire)
+            if len(pending) >= batch:
+                count += _push(client, queue, pending)
+        count += _push(client, queue, pending)
     return count
+
+
+def _push(client: Any, queue: str, wires: list[str]) -> int:
+    """One ``LPUSH queue m1 m2 ...``: the same list as one LPUSH per message (kombu's way), in one command. Workers
+    BRPOP from the other end, so ``m1`` still runs first."""
+    if not wires:
+        return 0
+    client.lpush(queue, *wires)
+    pushed = len(wires)
+    wires.clear()
+    return pushed

@@ -13,7 +13,7 @@ Service name, first that applies (kube-profefe used the pod name, which churns o
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from kprofefe_tasks import pod_annotations as ann
@@ -47,10 +47,20 @@ class Target:
         return f"{host}:{self.port}"
 
     def to_dict(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["types"] = list(self.types)
-        data["labels"] = [list(kv) for kv in self.labels]
-        return data
+        """JSON-ready (a task argument); field by field, as ``asdict`` took a tenth of a 10,000-pod fan-out."""
+        return {
+            "namespace": self.namespace,
+            "pod": self.pod,
+            "uid": self.uid,
+            "ip": self.ip,
+            "port": self.port,
+            "path": self.path,
+            "service": self.service,
+            "container": self.container,
+            "node": self.node,
+            "types": list(self.types),
+            "labels": [list(kv) for kv in self.labels],
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Target:

@@ -139,3 +139,18 @@ def test_fan_out_queues_cpu_first_the_same_on_both_paths(redis_client: redis.Red
         expires = datetime.fromisoformat(headers["expires"])
         assert abs((eta - before).total_seconds() - offset) < 2
         assert abs((expires - eta).total_seconds() - 120) < 1
+
+
+def test_message_bodies_are_json_dumps_byte_for_byte() -> None:
+    shared = {"namespace": "wéb", "labels": [["tier", "front\nend"]], "port": 6060}
+    cases = [
+        {"target": shared, "ptype": "cpu", "round_id": "r1", "cpu_seconds": 30},
+        {"target": shared, "ptype": "heap", "round_id": "", "cpu_seconds": 0},
+        {"flag": True, "none": None, "ratio": 0.25, "big": 2**70, "quote": 'a"b\\c', "emoji": "🔥", "list": [1, "x"]},
+        {},
+    ]
+    encoded = list(bulk.encode(app, tasks.capture.name, CAPTURE_QUEUE, [bulk.Message(k, "") for k in cases]))
+    for kwargs, (task_id, wire) in zip(cases, encoded, strict=True):
+        message = json.loads(wire)
+        assert base64.b64decode(message["body"]).decode() == json.dumps([[], kwargs, bulk._EMBED])
+        assert message["headers"]["id"] == task_id

@@ -8,12 +8,15 @@ import time
 from pathlib import Path
 
 import pytest
+import redis
 
 from kprofefe_tasks import pprof, tasks
+from kprofefe_tasks.kube import Kube
 from kprofefe_tasks.sandbox import gotarget
 from kprofefe_tasks.sandbox.farm import Behavior
 from kprofefe_tasks.sandbox.kubeapi import make_pod
 from kprofefe_tasks.settings import PROFILE_TYPES
+from kprofefe_tasks.targets import Target, pod_to_target
 from tests.conftest import Stack
 
 pytestmark = pytest.mark.integration
@@ -193,3 +196,26 @@ def test_discovery_retries_when_the_api_server_is_briefly_down(stack: Stack) -> 
     assert summary["targets"] == 1
     assert tasks.wait_round(summary["round"], timeout=30)["ok"] == 1
     assert "retrying" in stack.logs()
+
+
+def test_a_capture_queued_by_hand_returns_its_result_while_round_captures_store_none(
+    stack: Stack, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = stack.farm.add("127.31.0.40", 6060)
+    stack.kube.add_pod(make_pod("api-7d9f-x2", "web", annotations=ENABLE, ip=target.host))
+    stack.worker()
+    monkeypatch.setenv("KUBECONFIG", str(stack.kubeconfig))  # the shell's kubeconfig
+
+    # the README's snippet ("Trigger by hand from a Python shell"), as written
+    pod = Kube.connect().get_pod("web", "api-7d9f-x2")
+    assert pod is not None
+    target_ = pod_to_target(pod, ["heap"])
+    assert isinstance(target_, Target)
+    result = tasks.capture.delay(target_.to_dict(), "heap").get(timeout=60)
+
+    assert result["outcome"] == "ok" and (result["pod"], result["type"]) == ("api-7d9f-x2", "heap"), result
+    assert result["where"] in {p.id for p in stack.profefe.profiles}
+    run_round(namespaces=["web"], types=["goroutine"])
+    assert len(stack.profefe.profiles) == 2
+    # two results stored: the hand-queued capture and the discovery; the round's capture stored none
+    assert len(redis_client.keys("celery-task-meta-*")) == 2
