@@ -6,6 +6,7 @@ from typing import Any
 
 from celery import Celery
 
+from kprofefe_tasks import broker
 from kprofefe_tasks.settings import Settings, get_settings
 
 DISCOVERY_QUEUE = "discovery"  # its own queue: a capture backlog never delays discovery
@@ -60,6 +61,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
     if settings.broker_url.startswith("amqp"):
         config["broker_transport_options"] = {}  # Redis-only options; AMQP redelivers on connection loss itself
+    if settings.broker_url.startswith("redis://"):
+        config["broker_transport"] = broker.TRANSPORT  # kombu's, minus a client object per publish and ack
     return config
 
 
