@@ -16,18 +16,23 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import re
+import time
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import redis
 from celery import Celery
 
-#: the part of a protocol-2 body after args and kwargs: no callbacks, errbacks, chain or chord
+log = logging.getLogger("kprofefe.bulk")
+
 _dumps = json.dumps
 _encode_str = json.encoder.encode_basestring_ascii  # what json.dumps does to a str (ensure_ascii, the default)
+#: the part of a protocol-2 body after args and kwargs: no callbacks, errbacks, chain or chord
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 
 
@@ -145,9 +150,15 @@ def _time(now: datetime, seconds: float) -> str:
 def publish(app: Celery, task_name: str, queue: str, messages: Iterable[Message], batch: int = 500) -> int:
     """Queue every message on ``queue``, ``batch`` per Redis command, in order; returns how many.
 
-    A failure part way raises after the batches already written: those captures run, the rest do not (as when a
-    discovery dies in ``apply_async``); the round's counters then show fewer done than expected.
+    A batch that fails on a connection error is sent again, as Celery's publish retry policy says
+    (``task_publish_retry_policy``: by default 3 more tries within about a second). Sending again is at least once:
+    if Redis had applied the batch before the connection broke, its captures are queued twice, a batch apart. The
+    second copy usually starts after the first is stored, and the delivery ledger makes it a ``duplicate`` outcome;
+    two copies running at the same moment can both store a profile (``apply_async``'s retries have the same
+    window). When the retries run out the error propagates: the batches already written run, the rest of the round
+    does not, and the round's counters show fewer done than expected.
     """
+    policy = {**DEFAULT_RETRY_POLICY, **(app.conf.task_publish_retry_policy or {})}
     count = 0
     with app.producer_or_acquire() as producer:
         producer.maybe_declare(app.amqp.queues[queue])  # the binding kombu's consumers look up
@@ -156,17 +167,30 @@ def publish(app: Celery, task_name: str, queue: str, messages: Iterable[Message]
         for _, wire in encode(app, task_name, queue, messages):
             pending.append(wire)
             if len(pending) >= batch:
-                count += _push(client, queue, pending)
-        count += _push(client, queue, pending)
+                count += push(client, queue, pending, policy)
+        count += push(client, queue, pending, policy)
     return count
 
 
-def _push(client: Any, queue: str, wires: list[str]) -> int:
-    """One ``LPUSH queue m1 m2 ...``: the same list as one LPUSH per message (kombu's way), in one command. Workers
-    BRPOP from the other end, so ``m1`` still runs first."""
+DEFAULT_RETRY_POLICY = {"max_retries": 3, "interval_start": 0.0, "interval_step": 0.2, "interval_max": 1.0}
+
+
+def push(client: Any, queue: str, wires: list[str], policy: dict[str, Any] = DEFAULT_RETRY_POLICY) -> int:
+    """One ``LPUSH queue m1 m2 ...`` (the same list as one LPUSH per message, kombu's way, in one command; workers
+    BRPOP from the other end, so ``m1`` still runs first), retried on connection errors; empties ``wires``."""
     if not wires:
         return 0
-    client.lpush(queue, *wires)
+    wait = float(policy["interval_start"])
+    for attempt in range(int(policy["max_retries"]) + 1):
+        try:
+            client.lpush(queue, *wires)
+            break
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            if attempt >= int(policy["max_retries"]):
+                raise
+            log.warning("queueing %d captures failed (%s); again in %.1fs", len(wires), exc, wait)
+            time.sleep(wait)
+            wait = min(wait + float(policy["interval_step"]), float(policy["interval_max"]))
     pushed = len(wires)
     wires.clear()
     return pushed

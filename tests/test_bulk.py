@@ -154,3 +154,44 @@ def test_message_bodies_are_json_dumps_byte_for_byte() -> None:
         message = json.loads(wire)
         assert base64.b64decode(message["body"]).decode() == json.dumps([[], kwargs, bulk._EMBED])
         assert message["headers"]["id"] == task_id
+
+
+class FlakyRedis:
+    """A stand-in for the broker client whose first ``failures`` LPUSH calls break like a dropped connection."""
+
+    def __init__(self, failures: int, applied_before_failing: bool = False) -> None:
+        self.failures = failures
+        self.applied_before_failing = applied_before_failing
+        self.lists: dict[str, list[str]] = {}
+        self.calls = 0
+
+    def lpush(self, key: str, *values: str) -> int:
+        self.calls += 1
+        if self.calls <= self.failures:
+            if self.applied_before_failing:
+                self.lists.setdefault(key, []).extend(values)
+            raise redis.ConnectionError("Connection reset by peer")
+        self.lists.setdefault(key, []).extend(values)
+        return len(self.lists[key])
+
+
+FAST = {"max_retries": 3, "interval_start": 0.0, "interval_step": 0.01, "interval_max": 0.02}
+
+
+def test_a_batch_is_sent_again_after_a_connection_error() -> None:
+    client = FlakyRedis(failures=2)
+    wires = ["a", "b", "c"]
+    assert bulk.push(client, "capture", wires, FAST) == 3
+    assert client.calls == 3 and client.lists == {"capture": ["a", "b", "c"]}
+    assert wires == []  # handed over: the caller's buffer is free for the next batch
+
+
+def test_sending_again_is_at_least_once_and_gives_up_after_the_policy() -> None:
+    twice = FlakyRedis(failures=1, applied_before_failing=True)  # applied, but the reply was lost
+    bulk.push(twice, "capture", ["a"], FAST)
+    assert twice.lists == {"capture": ["a", "a"]}  # queued twice; the ledger usually makes one a `duplicate`
+
+    down = FlakyRedis(failures=10)
+    with pytest.raises(redis.ConnectionError):
+        bulk.push(down, "capture", ["a"], FAST)
+    assert down.calls == 4  # the first try and max_retries more
