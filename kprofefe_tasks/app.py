@@ -61,8 +61,6 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     }
     if settings.broker_url.startswith("amqp"):
         config["broker_transport_options"] = {}  # Redis-only options; AMQP redelivers on connection loss itself
-    if settings.broker_url.startswith("redis://"):
-        config["broker_transport"] = broker.TRANSPORT  # kombu's, minus a client object per publish and ack
     return config
 
 
@@ -70,6 +68,9 @@ def create_app(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
     celery_app = Celery("kprofefe_tasks", include=["kprofefe_tasks.tasks"])
     celery_app.conf.update(celery_config(settings))
+    # kombu's Redis transport minus a client object per publish and ack, for the URL Celery will really use:
+    # CELERY_BROKER_URL (what `celery -b` sets) wins over ours, and may name another broker.
+    celery_app.conf.broker_transport = broker.transport_for(str(celery_app.conf.broker_url))
     import beat_schedule  # the top-level, operator-facing schedule module
 
     celery_app.conf.beat_schedule = beat_schedule.build(settings)

@@ -6,8 +6,9 @@ constructor costs about 60 µs, and a capture worker does it for each task event
 bench/ (py-spy, RESULTS.md). A ``redis.Redis`` over a pool is safe to share between threads and greenlets (every
 command checks a connection out of the pool), so this channel keeps one per pool and hands it out again.
 
-Everything else is kombu's. Selected by ``broker_transport`` in :mod:`kprofefe_tasks.app` for ``redis://`` brokers;
-``rediss://``, ``unix://`` and ``sentinel://`` keep kombu's own transport, with its TLS and failover handling.
+Everything else is kombu's. :mod:`kprofefe_tasks.app` selects it as ``broker_transport`` for ``redis://`` brokers
+(:func:`transport_for`); ``rediss://``, ``unix://`` and ``sentinel://`` keep kombu's own transport, with its TLS and
+failover handling.
 """
 
 from __future__ import annotations
@@ -17,6 +18,12 @@ from typing import Any
 from kombu.transport import redis as kombu_redis
 
 TRANSPORT = "kprofefe_tasks.broker:Transport"
+
+
+def transport_for(url: str) -> str | None:
+    """Celery's ``broker_transport`` for a broker URL: this module's for ``redis://``, else None (kombu picks by
+    the URL's scheme)."""
+    return TRANSPORT if url.startswith("redis://") else None
 
 
 class Channel(kombu_redis.Channel):

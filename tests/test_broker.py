@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import redis
 from kombu import Connection
 
 from kprofefe_tasks import broker
-from kprofefe_tasks.app import celery_config
+from kprofefe_tasks.app import app as product_app
+from kprofefe_tasks.app import create_app
 from kprofefe_tasks.settings import Settings
 from tests.conftest import TEST_BROKER
 
@@ -23,8 +26,24 @@ from tests.conftest import TEST_BROKER
     ],
 )
 def test_transport_only_for_plain_redis(url: str, ours: bool) -> None:
-    config = celery_config(Settings(broker_url=url))
-    assert (config.get("broker_transport") == broker.TRANSPORT) is ours
+    assert (broker.transport_for(url) == broker.TRANSPORT) is ours
+
+
+@pytest.fixture
+def product_app_stays_current() -> Iterator[None]:
+    yield
+    product_app.set_current()  # a new Celery() makes itself the current app
+    product_app.set_default()
+
+
+@pytest.mark.usefixtures("product_app_stays_current")
+def test_transport_follows_the_url_celery_uses(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert create_app(Settings(broker_url="redis://127.0.0.1:6379/0")).conf.broker_transport == broker.TRANSPORT
+    # `celery -b amqp://...` sets CELERY_BROKER_URL, which Celery prefers to the configured URL
+    monkeypatch.setenv("CELERY_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
+    app = create_app(Settings(broker_url="redis://127.0.0.1:6379/0"))
+    assert app.conf.broker_url.startswith("amqp://")
+    assert app.conf.broker_transport is None
 
 
 @pytest.mark.integration
