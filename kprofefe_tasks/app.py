@@ -6,7 +6,7 @@ from typing import Any
 
 from celery import Celery
 
-from kprofefe_tasks import broker
+from kprofefe_tasks import broker, events
 from kprofefe_tasks.settings import Settings, get_settings
 
 DISCOVERY_QUEUE = "discovery"  # its own queue: a capture backlog never delays discovery
@@ -71,6 +71,7 @@ def create_app(settings: Settings | None = None) -> Celery:
     # kombu's Redis transport minus a client object per publish and ack, for the URL Celery will really use:
     # CELERY_BROKER_URL (what `celery -b` sets) wins over ours, and may name another broker.
     celery_app.conf.broker_transport = broker.transport_for(str(celery_app.conf.broker_url))
+    celery_app.steps["consumer"].add(events.TaskEventBatches)  # task events in batches under gevent and threads
     import beat_schedule  # the top-level, operator-facing schedule module
 
     celery_app.conf.beat_schedule = beat_schedule.build(settings)

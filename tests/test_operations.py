@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 
 import pytest
+import redis
 import requests
 from celery import Celery
 
@@ -124,6 +126,45 @@ def test_flower_lists_the_rounds_tasks(stack: Stack) -> None:
     assert len(found) == 2, (found, flower.output()[-2000:])
     assert all(t["state"] == "SUCCESS" for t in found)
     assert listing[discovery.id]["state"] == "SUCCESS"
+
+
+def test_task_events_of_a_round_all_arrive_in_batches(stack: Stack, redis_client: redis.Redis) -> None:
+    for n in range(10):
+        target = stack.farm.add(f"127.31.6.{20 + n}", 6060)
+        stack.kube.add_pod(make_pod(f"api-{n}", "web", annotations=ENABLE, ip=target.host))
+    stack.worker()
+    seen: list[dict] = []
+    wire = redis_client.pubsub()  # the raw event messages, to see how they travel
+    wire.psubscribe("*celeryev*")
+
+    with tasks.app.connection_for_read() as conn:
+        receiver = tasks.app.events.Receiver(conn, handlers={"*": seen.append})
+        thread = threading.Thread(target=receiver.capture, kwargs={"limit": None, "timeout": 60}, daemon=True)
+        thread.start()
+        time.sleep(1.0)  # the receiver's queue is bound
+        summary = tasks.discover.delay(types=["heap", "goroutine", "threadcreate"]).get(timeout=30)
+        report = tasks.wait_round(summary["round"], timeout=60)
+        assert report["ok"] == 30, report
+        deadline = time.monotonic() + 10
+        received: set[str] = set()
+        succeeded: set[str] = set()
+        while time.monotonic() < deadline:
+            succeeded = {e["uuid"] for e in seen if e["type"] == "task-succeeded"}
+            received = {e["uuid"] for e in seen if e["type"] == "task-received" and e.get("name") == "kprofefe.capture"}
+            if len(received) == 30 and received <= succeeded:
+                break
+            time.sleep(0.2)
+        receiver.should_stop = True
+    assert len(received) == 30, (len(received), stack.logs()[-3000:])
+    assert received <= succeeded  # every capture received was also seen succeeding: no event lost
+
+    routing_keys = []
+    while (message := wire.get_message(timeout=0.1)) is not None:
+        if message["type"] == "pmessage":
+            routing_keys.append(json.loads(message["data"])["properties"]["delivery_info"]["routing_key"])
+    wire.close()
+    assert "task.multi" in routing_keys, routing_keys  # batches, in Celery's own task.multi format
+    assert "task.received" not in routing_keys and "task.succeeded" not in routing_keys  # not one message each
 
 
 def test_a_round_with_rabbitmq_as_the_broker(stack: Stack) -> None:
