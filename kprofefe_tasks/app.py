@@ -48,8 +48,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_default_queue": CAPTURE_QUEUE,
         # Flower and `celery events` need these.
         "worker_send_task_events": settings.worker_events,
-        # one extra publish per queued capture (27% of the fan-out's cost, bench/RESULTS.md); off, Flower shows a
-        # capture from the moment a worker receives it, and the queue length still shows the backlog
+        # on, captures are queued one apply_async at a time (about 13 times the CPU of the bulk writer,
+        # bench/RESULTS.md); off, Flower shows a capture from the moment a worker receives it, and the queue length
+        # still shows the backlog
         "task_send_sent_event": settings.task_sent_events,
         "task_track_started": True,  # discovery only: captures turn it off (an extra result write each)
         "worker_hijack_root_logger": True,

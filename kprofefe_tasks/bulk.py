@@ -1,10 +1,10 @@
 """Queueing a round's captures in bulk on a Redis broker: Celery's own messages, 500 per Redis command.
 
-``apply_async`` costs 250-330 µs of CPU per message here even with kombu's publish batches (signals, routing, an
+``apply_async`` costs 255-295 µs of CPU per message here even with kombu's publish batches (signals, routing, an
 ``AsyncResult`` and a ``task-sent`` event per message, kombu's per-publish path), so a 10,000-pod round of 60,000
-captures took about 18 s to queue before its last capture could start. Here the fixed part of a message is encoded
+captures took about 17 s to queue before its last capture could start. Here the fixed part of a message is encoded
 once per round, from Celery's own ``as_task_v2``, and each message only gets its id, times and arguments: about
-25-30 µs (``python -m bench discovery`` prints both, side by side).
+20 µs (``python -m bench discovery`` prints both, side by side).
 
 What is written is what ``apply_async`` + kombu's Redis transport would write (protocol 2, JSON, base64 body,
 ``delivery_mode`` 2, the anonymous exchange routed to the queue by name). ``tests/test_bulk.py`` holds the two

@@ -233,8 +233,8 @@ class Settings:
         metadata=_doc(
             "Publish a `task-sent` event per queued capture, so Flower lists captures while they still wait in the "
             "queue. Off, Flower shows a capture once a worker receives it and the queue length shows the backlog. "
-            "On, discovery queues through `apply_async` instead of the bulk writer: about 6 times slower "
-            "(bench/RESULTS.md)."
+            "On, discovery queues through `apply_async` instead of the bulk writer: about 13 times the CPU "
+            "per queued capture (bench/RESULTS.md)."
         ),
     )
     worker_events: bool = field(
