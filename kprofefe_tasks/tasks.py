@@ -50,7 +50,7 @@ LOCK_WAITS = 5  # extra retries for waits on a pod's CPU profiler (ours or someo
 WAIT_REASONS = ("cpu-locked", "cpu-busy")
 POD_HTTP_POOL = 8  # connections kept per pod: one round asks a pod for at most six profiles at once
 HOST_POOLS = 2000  # pods whose connections are cached; more just means new connections next round
-FAN_OUT_BATCH = 500  # Redis commands per pipelined write when queueing a round (about 1 MB of messages)
+FAN_OUT_BATCH = 500  # captures per Redis write when queueing a round (one LPUSH, about 1 MB of messages)
 
 
 @dataclass
