@@ -6,10 +6,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: venv deps test unit lint demo demo-once bench clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml sandbox/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q --no-deps -e ./sandbox  # the doubles and the demo: not in the production wheel
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -4,7 +4,7 @@
 - ``KPROFEFE_SCHEDULE_FILE``: a YAML/JSON file (a ConfigMap in ``deploy/``),
 - else :data:`DEFAULT`: every namespace every 10 minutes, all default types.
 
-Each entry becomes one discovery task on its own interval; see :mod:`kprofefe_tasks.schedule` for the keys.
+Each entry becomes one discovery task on its own interval; see :mod:`kprofefe_tasks.config.schedule` for the keys.
 Print the effective schedule with ``python beat_schedule.py``.
 """
 
@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from kprofefe_tasks import schedule
-from kprofefe_tasks.settings import Settings, get_settings
+from kprofefe_tasks.config import schedule
+from kprofefe_tasks.config.settings import Settings, get_settings
 
 DEFAULT: list[dict[str, Any]] = [
     {"name": "all-namespaces", "namespaces": "all", "selector": "", "interval": 600},

@@ -25,7 +25,7 @@ Handler = Callable[[dict[str, Any]], Any]
 
 
 def _farm(spec: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Handler], Callable[[], None]]:
-    from kprofefe_tasks.sandbox.farm import PprofFarm
+    from kprofefe_sandbox.farm import PprofFarm
 
     farm = PprofFarm.many(int(spec["count"]), port=int(spec["port"]), first=str(spec["first"])).start()
 
@@ -46,7 +46,7 @@ def _farm(spec: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Handler], Cal
 
 
 def _profefe(spec: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Handler], Callable[[], None]]:
-    from kprofefe_tasks.sandbox.profefe import ProfefeServer
+    from kprofefe_sandbox.profefe import ProfefeServer
 
     server = ProfefeServer().start()
 
@@ -70,7 +70,7 @@ def _profefe(spec: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Handler], 
 
 
 def _kube(spec: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Handler], Callable[[], None]]:
-    from kprofefe_tasks.sandbox.kubeapi import KubeAPIServer, make_pod
+    from kprofefe_sandbox.kubeapi import KubeAPIServer, make_pod
 
     addresses: list[str] = list(spec["addresses"])
     namespaces = int(spec["namespaces"])

@@ -1,7 +1,7 @@
 """What every scenario needs: a dedicated Redis database, the doubles, real worker processes with the production
 command line, a round triggered the way beat does, and sampling of RSS, CPU and Redis memory while it runs.
 
-Import this module before anything imports :mod:`kprofefe_tasks.app`: the benchmark process talks to the same
+Import this module before anything imports :mod:`kprofefe_tasks.worker.app`: the benchmark process talks to the same
 broker as its workers, and the app reads the broker URL once, when it is built.
 """
 
@@ -40,9 +40,10 @@ os.environ["KPROFEFE_METRICS_PORT"] = "0"
 # This process builds a runtime too (to read round counters), and with it a spool directory it never uses.
 os.environ["KPROFEFE_SPOOL_DIR"] = os.path.join(tempfile.gettempdir(), "kprofefe-bench-driver-spool")
 
+from kprofefe_sandbox.farm import loopback_addresses  # noqa: E402
+from kprofefe_sandbox.processes import CeleryProcess, worker_args  # noqa: E402
+
 from bench.doubles import Double  # noqa: E402
-from kprofefe_tasks.sandbox.farm import loopback_addresses  # noqa: E402
-from kprofefe_tasks.sandbox.processes import CeleryProcess, worker_args  # noqa: E402
 
 SAMPLE_INTERVAL_S = 0.05
 """RSS and Redis memory sampling period: short enough to catch a burst of a few hundred ms."""

@@ -394,8 +394,8 @@ def _time_listing(sb: Sandbox, page_size: int) -> tuple[float, list[Any]]:
 
     The rest of the discovery task's time is the fan-out."""
     from kprofefe_tasks import tasks
-    from kprofefe_tasks.kube import Kube, KubeOptions
-    from kprofefe_tasks.settings import PROFILE_TYPES
+    from kprofefe_tasks.config.settings import PROFILE_TYPES
+    from kprofefe_tasks.io.kube import Kube, KubeOptions
 
     kube = Kube.connect(KubeOptions(kubeconfig=str(sb.kube.info["kubeconfig"])))
     started = time.monotonic()
@@ -406,8 +406,9 @@ def _time_listing(sb: Sandbox, page_size: int) -> tuple[float, list[Any]]:
 def _time_fan_out(sb: Sandbox, targets: list[Any], slow_sample: int = 1000) -> dict[str, float]:
     """``tasks.fan_out`` in this process, once per path: the bulk writer for every target, ``apply_async`` (the path
     taken when task-sent events are on) for ``slow_sample`` of them. CPU µs per queued message; queue emptied after."""
-    from kprofefe_tasks import bulk, tasks
-    from kprofefe_tasks.app import app
+    from kprofefe_tasks import tasks
+    from kprofefe_tasks.worker import bulk
+    from kprofefe_tasks.worker.app import app
 
     figures: dict[str, float] = {}
     saved = app.conf.task_send_sent_event
@@ -473,8 +474,8 @@ def memory(cfg: Config, run: int) -> Result:
 
 def spread(cfg: Config, run: int, interval: float = 30.0, cpu_seconds: int = 5) -> Result:
     """The same scheduled round with and without spreading: peak load on the targets and on profefe."""
-    from kprofefe_tasks import schedule
-    from kprofefe_tasks.settings import get_settings
+    from kprofefe_tasks.config import schedule
+    from kprofefe_tasks.config.settings import get_settings
 
     pods = cfg.n(300)
     rounds: dict[str, Measured] = {}

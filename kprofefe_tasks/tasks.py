@@ -27,18 +27,19 @@ import requests
 from celery import Task, signals
 from celery.exceptions import Retry
 
-from kprofefe_tasks import bulk, coordination, logs, metrics
-from kprofefe_tasks.app import CAPTURE_QUEUE, app
-from kprofefe_tasks.capture import Profile, delivery_for, fetch
-from kprofefe_tasks.delivery import Delivery, capture_id_for
-from kprofefe_tasks.errors import ConfigError, KprofefeError, PermanentError, SkipError, TemporaryError
-from kprofefe_tasks.kube import Kube
-from kprofefe_tasks.profefe import ProfefeClient
-from kprofefe_tasks.retry import backoff
-from kprofefe_tasks.settings import Settings, get_settings
-from kprofefe_tasks.sinks import DirectorySink, ProfefeSink, Sink
-from kprofefe_tasks.spool import Spool
-from kprofefe_tasks.targets import Skip, Target, pod_to_target
+from kprofefe_tasks import coordination, logs, metrics
+from kprofefe_tasks.config.settings import Settings, get_settings
+from kprofefe_tasks.domain.backoff import backoff
+from kprofefe_tasks.domain.delivery import Delivery, capture_id_for
+from kprofefe_tasks.domain.errors import ConfigError, KprofefeError, PermanentError, SkipError, TemporaryError
+from kprofefe_tasks.domain.targets import Skip, Target, pod_to_target
+from kprofefe_tasks.io.kube import Kube
+from kprofefe_tasks.io.pods import Profile, delivery_for, fetch
+from kprofefe_tasks.io.profefe import ProfefeClient
+from kprofefe_tasks.io.sinks import DirectorySink, ProfefeSink, Sink
+from kprofefe_tasks.io.spool import Spool
+from kprofefe_tasks.worker import bulk
+from kprofefe_tasks.worker.app import CAPTURE_QUEUE, app
 
 log = logging.getLogger("kprofefe.tasks")
 
@@ -350,7 +351,7 @@ def fan_out(
     Per message this skips what a round never reads (bench/RESULTS.md measured each): a stored result (the round's
     counters and the metrics carry every outcome, and Celery would otherwise subscribe to each capture's result
     channel as it is sent) and one Redis round trip per message. On Redis without ``task-sent`` events the messages
-    are written by :mod:`kprofefe_tasks.bulk`; otherwise by ``apply_async`` in kombu's publish batches.
+    are written by :mod:`kprofefe_tasks.worker.bulk`; otherwise by ``apply_async`` in kombu's publish batches.
     """
     jobs = [(target, ptype) for target in targets for ptype in target.types]
     jobs.sort(key=lambda job: job[1] != "cpu")  # stable: listing order is kept within each group

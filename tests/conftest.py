@@ -20,11 +20,10 @@ from typing import Any  # noqa: E402
 
 import pytest  # noqa: E402
 import redis  # noqa: E402
-
-from kprofefe_tasks.sandbox.farm import PprofFarm  # noqa: E402
-from kprofefe_tasks.sandbox.kubeapi import KubeAPIServer  # noqa: E402
-from kprofefe_tasks.sandbox.processes import CeleryProcess, free_port, worker_args  # noqa: E402
-from kprofefe_tasks.sandbox.profefe import ProfefeServer  # noqa: E402
+from kprofefe_sandbox.farm import PprofFarm  # noqa: E402
+from kprofefe_sandbox.kubeapi import KubeAPIServer  # noqa: E402
+from kprofefe_sandbox.processes import CeleryProcess, free_port, worker_args  # noqa: E402
+from kprofefe_sandbox.profefe import ProfefeServer  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -8,10 +8,10 @@ import pytest
 import redis
 from kombu import Connection
 
-from kprofefe_tasks import broker
-from kprofefe_tasks.app import app as product_app
-from kprofefe_tasks.app import create_app
-from kprofefe_tasks.settings import Settings
+from kprofefe_tasks.config.settings import Settings
+from kprofefe_tasks.worker import transport as broker
+from kprofefe_tasks.worker.app import app as product_app
+from kprofefe_tasks.worker.app import create_app
 from tests.conftest import TEST_BROKER
 
 

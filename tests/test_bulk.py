@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 import redis
 
-from kprofefe_tasks import bulk, tasks
-from kprofefe_tasks.app import CAPTURE_QUEUE, app
-from kprofefe_tasks.targets import Target
+from kprofefe_tasks import tasks
+from kprofefe_tasks.domain.targets import Target
+from kprofefe_tasks.worker import bulk
+from kprofefe_tasks.worker.app import CAPTURE_QUEUE, app
 
 pytestmark = pytest.mark.integration
 

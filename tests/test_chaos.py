@@ -46,18 +46,18 @@ from typing import Any
 import pytest
 import redis
 from celery import Celery
+from kprofefe_sandbox.farm import Behavior, PprofFarm, Target, payload
+from kprofefe_sandbox.kubeapi import KubeAPIServer, make_pod
+from kprofefe_sandbox.processes import CeleryProcess, free_port
+from kprofefe_sandbox.profefe import ProfefeServer
 
-from kprofefe_tasks import pprof
-from kprofefe_tasks.app import DISCOVERY_QUEUE, celery_config
-from kprofefe_tasks.delivery import Delivery
-from kprofefe_tasks.profefe import ProfefeClient
-from kprofefe_tasks.sandbox.farm import Behavior, PprofFarm, Target, payload
-from kprofefe_tasks.sandbox.kubeapi import KubeAPIServer, make_pod
-from kprofefe_tasks.sandbox.processes import CeleryProcess, free_port
-from kprofefe_tasks.sandbox.profefe import ProfefeServer
-from kprofefe_tasks.settings import Settings
-from kprofefe_tasks.sinks import ProfefeSink
-from kprofefe_tasks.spool import DrainResult, Spool
+from kprofefe_tasks.config.settings import Settings
+from kprofefe_tasks.domain.delivery import Delivery
+from kprofefe_tasks.io import pprof
+from kprofefe_tasks.io.profefe import ProfefeClient
+from kprofefe_tasks.io.sinks import ProfefeSink
+from kprofefe_tasks.io.spool import DrainResult, Spool
+from kprofefe_tasks.worker.app import DISCOVERY_QUEUE, celery_config
 from tests.conftest import Stack
 
 pytestmark = [pytest.mark.chaos, pytest.mark.integration]
@@ -600,9 +600,9 @@ def fresh_profile(name: str = "heap") -> bytes:
 
 DRAIN_CHILD = """
 import sys
-from kprofefe_tasks.profefe import ProfefeClient
-from kprofefe_tasks.sinks import ProfefeSink
-from kprofefe_tasks.spool import DrainResult, Spool
+from kprofefe_tasks.io.profefe import ProfefeClient
+from kprofefe_tasks.io.sinks import ProfefeSink
+from kprofefe_tasks.io.spool import DrainResult, Spool
 
 client = ProfefeClient(sys.argv[1], read_timeout=30.0)
 Spool(sys.argv[2], 1 << 30).drain(ProfefeSink(client, bucket=None, attempts=1, backoff_base=0.1, backoff_max=0.1).store)

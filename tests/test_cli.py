@@ -23,15 +23,15 @@ from typing import Any
 
 import pytest
 import yaml
+from kprofefe_sandbox.farm import Behavior, PprofFarm, Target, payload
+from kprofefe_sandbox.kubeapi import KubeAPIServer, make_pod
+from kprofefe_sandbox.processes import free_port
+from kprofefe_sandbox.profefe import ProfefeServer
 
 from kprofefe_tasks.cli import command_index, common, main
 from kprofefe_tasks.cli.output import Progress, human_age, table
-from kprofefe_tasks.profefe import ProfefeClient
-from kprofefe_tasks.sandbox.farm import Behavior, PprofFarm, Target, payload
-from kprofefe_tasks.sandbox.kubeapi import KubeAPIServer, make_pod
-from kprofefe_tasks.sandbox.processes import free_port
-from kprofefe_tasks.sandbox.profefe import ProfefeServer
-from kprofefe_tasks.settings import PROFILE_TYPES
+from kprofefe_tasks.config.settings import PROFILE_TYPES
+from kprofefe_tasks.io.profefe import ProfefeClient
 from tests.conftest import Stack
 
 FIXTURES = Path(__file__).parent / "fixtures" / "pprof"

@@ -91,16 +91,16 @@ from typing import Any
 
 import pytest
 import requests
+from kprofefe_sandbox.farm import Behavior, PprofFarm, debug_text, empty_payload, payload
+from kprofefe_sandbox.profefe import ProfefeServer
 
-from kprofefe_tasks.capture import Profile, fetch
-from kprofefe_tasks.delivery import Delivery
-from kprofefe_tasks.errors import KprofefeError, PermanentError, SkipError, TemporaryError
-from kprofefe_tasks.profefe import ProfefeClient
-from kprofefe_tasks.sandbox.farm import Behavior, PprofFarm, debug_text, empty_payload, payload
-from kprofefe_tasks.sandbox.profefe import ProfefeServer
-from kprofefe_tasks.settings import PROFILE_TYPES, Settings
-from kprofefe_tasks.sinks import ProfefeSink
-from kprofefe_tasks.targets import Skip, Target, pod_to_target
+from kprofefe_tasks.config.settings import PROFILE_TYPES, Settings
+from kprofefe_tasks.domain.delivery import Delivery
+from kprofefe_tasks.domain.errors import KprofefeError, PermanentError, SkipError, TemporaryError
+from kprofefe_tasks.domain.targets import Skip, Target, pod_to_target
+from kprofefe_tasks.io.pods import Profile, fetch
+from kprofefe_tasks.io.profefe import ProfefeClient
+from kprofefe_tasks.io.sinks import ProfefeSink
 from tests.podfactory import pod
 from tests.test_chaos import Sandbox, logged, open_sandbox, pod_at
 
@@ -439,10 +439,10 @@ from gevent import monkey
 monkey.patch_all()
 import json, sys, time
 import requests
-from kprofefe_tasks.capture import fetch
-from kprofefe_tasks.errors import KprofefeError
-from kprofefe_tasks.settings import Settings
-from kprofefe_tasks.targets import Target
+from kprofefe_tasks.io.pods import fetch
+from kprofefe_tasks.domain.errors import KprofefeError
+from kprofefe_tasks.config.settings import Settings
+from kprofefe_tasks.domain.targets import Target
 
 target = Target("corpus", "drip", "", sys.argv[1], int(sys.argv[2]), "/debug/pprof", "s", "app", "n", ("heap",), ())
 settings = Settings(read_timeout=2.0, connect_timeout=1.0)

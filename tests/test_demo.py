@@ -20,9 +20,8 @@ from pathlib import Path
 
 import pytest
 import requests
-
-from kprofefe_tasks.demo import Verdict, parse_profile_name
-from kprofefe_tasks.sandbox.processes import free_port
+from kprofefe_sandbox.demo import Verdict, parse_profile_name
+from kprofefe_sandbox.processes import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -49,7 +48,7 @@ def demo_command() -> list[str]:
     script = Path(sys.executable).with_name("kprofefe")
     if importlib.util.find_spec("kprofefe_tasks.cli") is not None and script.exists():
         return [str(script), "demo"]
-    return [sys.executable, "-m", "kprofefe_tasks.demo"]
+    return [sys.executable, "-m", "kprofefe_sandbox.demo"]
 
 
 def demo_env(token: str, **extra: str) -> dict[str, str]:

@@ -32,9 +32,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from kprofefe_tasks import app as kapp
-from kprofefe_tasks import schedule as kschedule
-from kprofefe_tasks import settings as ksettings
+from kprofefe_tasks.config import schedule as kschedule
+from kprofefe_tasks.config import settings as ksettings
+from kprofefe_tasks.worker import app as kapp
 
 # No type stubs for jsonschema are installed; importing it through importlib keeps mypy strict without an ignore.
 jsonschema = importlib.import_module("jsonschema")
@@ -757,7 +757,7 @@ def test_references_resolve(name: str) -> None:
 
 @pytest.mark.parametrize("name", RENDERS)
 def test_environment_is_accepted_by_the_settings(name: str) -> None:
-    """The env each process gets parses with kprofefe_tasks.settings, names only real settings, has every $(VAR)
+    """The env each process gets parses with kprofefe_tasks.config.settings, names only real settings, has every $(VAR)
     expanded, and its broker/Redis/profefe URLs point at rendered Services with the right credentials."""
     objs = rendered(name)
     fields = {ksettings.ENV_PREFIX + f.name.upper() for f in dataclasses.fields(ksettings.Settings)}
@@ -796,7 +796,7 @@ def check_broker_credentials(objs: tuple[Obj, ...], url: str, where: str) -> Non
 
 def schedule_entries(objs: tuple[Obj, ...], container: Obj) -> list[kschedule.Entry]:
     """The schedule the container would load: KPROFEFE_SCHEDULE_FILE read from its ConfigMap mount, parsed by
-    kprofefe_tasks.schedule."""
+    kprofefe_tasks.config.schedule."""
     s = settings_of(objs, NAMESPACE, container)
     assert s.schedule_file, "KPROFEFE_SCHEDULE_FILE is not set"
     workload = next(w for w, c in ours(objs) if c is container)

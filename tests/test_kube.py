@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from kprofefe_sandbox.kubeapi import KubeAPIServer, make_pod
 
-from kprofefe_tasks.errors import ConfigError, TemporaryError
-from kprofefe_tasks.kube import Kube, KubeOptions
-from kprofefe_tasks.sandbox.kubeapi import KubeAPIServer, make_pod
+from kprofefe_tasks.domain.errors import ConfigError, TemporaryError
+from kprofefe_tasks.io.kube import Kube, KubeOptions
 
 
 def test_context_namespace_cluster_user_and_timeout_flags(tmp_path: Path) -> None:

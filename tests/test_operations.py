@@ -12,11 +12,11 @@ import pytest
 import redis
 import requests
 from celery import Celery
+from kprofefe_sandbox.farm import Behavior
+from kprofefe_sandbox.kubeapi import make_pod
+from kprofefe_sandbox.processes import CeleryProcess, free_port
 
 from kprofefe_tasks import logs, tasks
-from kprofefe_tasks.sandbox.farm import Behavior
-from kprofefe_tasks.sandbox.kubeapi import make_pod
-from kprofefe_tasks.sandbox.processes import CeleryProcess, free_port
 from tests.conftest import Stack
 
 pytestmark = pytest.mark.integration

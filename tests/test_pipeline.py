@@ -9,14 +9,15 @@ from pathlib import Path
 
 import pytest
 import redis
+from kprofefe_sandbox import gotarget
+from kprofefe_sandbox.farm import Behavior
+from kprofefe_sandbox.kubeapi import make_pod
 
-from kprofefe_tasks import pprof, tasks
-from kprofefe_tasks.kube import Kube
-from kprofefe_tasks.sandbox import gotarget
-from kprofefe_tasks.sandbox.farm import Behavior
-from kprofefe_tasks.sandbox.kubeapi import make_pod
-from kprofefe_tasks.settings import PROFILE_TYPES
-from kprofefe_tasks.targets import Target, pod_to_target
+from kprofefe_tasks import tasks
+from kprofefe_tasks.config.settings import PROFILE_TYPES
+from kprofefe_tasks.domain.targets import Target, pod_to_target
+from kprofefe_tasks.io import pprof
+from kprofefe_tasks.io.kube import Kube
 from tests.conftest import Stack
 
 pytestmark = pytest.mark.integration

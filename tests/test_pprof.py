@@ -1,4 +1,4 @@
-"""kprofefe_tasks.pprof against the real Go payloads in tests/fixtures/pprof and hand-built edge cases."""
+"""kprofefe_tasks.io.pprof against the real Go payloads in tests/fixtures/pprof and hand-built edge cases."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from kprofefe_tasks import pprof
-from kprofefe_tasks.pprof import PprofError, ProfileInfo
+from kprofefe_tasks.io import pprof
+from kprofefe_tasks.io.pprof import PprofError, ProfileInfo
 from tests.protobuf import f_len, f_var, varint
 
 FIXTURES = Path(__file__).parent / "fixtures" / "pprof"

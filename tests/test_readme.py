@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kprofefe_tasks.settings import markdown_table
+from kprofefe_tasks.config.settings import markdown_table
 
 ROOT = Path(__file__).parent.parent
 

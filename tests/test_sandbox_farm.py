@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 import requests
-
-from kprofefe_tasks.sandbox.farm import (
+from kprofefe_sandbox.farm import (
     CPU_BUSY_TEXT,
     TLS_ALERT,
     Behavior,
@@ -543,7 +542,7 @@ def test_cli_serves_and_stops_on_sigterm() -> None:
         [
             sys.executable,
             "-m",
-            "kprofefe_tasks.sandbox.farm",
+            "kprofefe_sandbox.farm",
             "--count",
             "2",
             "--port",

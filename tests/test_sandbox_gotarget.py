@@ -10,9 +10,8 @@ from typing import Any
 
 import pytest
 import requests
-
-from kprofefe_tasks.sandbox.gotarget import GoTarget, GoTargetError, GoUnavailableError, build, go_available
-from kprofefe_tasks.sandbox.kubeapi import KubeAPIServer, make_pod
+from kprofefe_sandbox.gotarget import GoTarget, GoTargetError, GoUnavailableError, build, go_available
+from kprofefe_sandbox.kubeapi import KubeAPIServer, make_pod
 
 pytestmark = pytest.mark.skipif(not go_available(), reason="the Go toolchain ('go') is not installed")
 

@@ -18,15 +18,14 @@ from typing import Any
 import pytest
 import requests
 import yaml
-from kubernetes import client, config
-from kubernetes.client.exceptions import ApiException
-
-from kprofefe_tasks.sandbox.kubeapi import (
+from kprofefe_sandbox.kubeapi import (
     KubeAPIServer,
     SelectorError,
     make_pod,
     parse_label_selector,
 )
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
 
 BLOB = bytes(range(256)) * 4096  # 1 MiB covering every byte value: catches text decoding and truncation
 
@@ -579,7 +578,7 @@ def test_cli_serves_a_yaml_file(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "kprofefe_tasks.sandbox.kubeapi",
+            "kprofefe_sandbox.kubeapi",
             "--pods",
             str(pods_file),
             "--port",

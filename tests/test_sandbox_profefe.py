@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 import requests
+from kprofefe_sandbox.profefe import ProfefeServer, parse_labels, profile_type
 from requests.adapters import HTTPAdapter
 
-from kprofefe_tasks.sandbox.profefe import ProfefeServer, parse_labels, profile_type
 from tests.protobuf import f_len, f_var, varint
 
 FIXTURES = Path(__file__).parent / "fixtures" / "pprof"
@@ -530,7 +530,7 @@ def test_inspection_helpers(server: ProfefeServer, http: requests.Session) -> No
 
 def test_cli_serves_until_interrupted() -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "kprofefe_tasks.sandbox.profefe", "--port", "0"],
+        [sys.executable, "-m", "kprofefe_sandbox.profefe", "--port", "0"],
         stdout=subprocess.PIPE,
         text=True,
     )

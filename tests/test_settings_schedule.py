@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 import beat_schedule
-from kprofefe_tasks import schedule
-from kprofefe_tasks.errors import ConfigError
-from kprofefe_tasks.retry import backoff
-from kprofefe_tasks.settings import PROFILE_TYPES, Settings, from_env, markdown_table
+from kprofefe_tasks.config import schedule
+from kprofefe_tasks.config.settings import PROFILE_TYPES, Settings, from_env, markdown_table
+from kprofefe_tasks.domain.backoff import backoff
+from kprofefe_tasks.domain.errors import ConfigError
 
 
 def test_defaults() -> None:

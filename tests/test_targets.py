@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from kprofefe_tasks.settings import PROFILE_TYPES
-from kprofefe_tasks.targets import Skip, Target, pod_to_target, workload_name
+from kprofefe_tasks.config.settings import PROFILE_TYPES
+from kprofefe_tasks.domain.targets import Skip, Target, pod_to_target, workload_name
 from tests.podfactory import pod
 
 

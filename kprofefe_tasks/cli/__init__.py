@@ -23,9 +23,9 @@ from kprofefe_tasks import __version__
 from kprofefe_tasks.cli import capture as capture_cmd
 from kprofefe_tasks.cli import common, get, load, output
 from kprofefe_tasks.cli import targets as targets_cmd
-from kprofefe_tasks.errors import ConfigError, KprofefeError
-from kprofefe_tasks.profefe import PROFEFE_TYPES
-from kprofefe_tasks.settings import PROFILE_TYPES
+from kprofefe_tasks.config.settings import PROFILE_TYPES
+from kprofefe_tasks.domain.errors import ConfigError, KprofefeError
+from kprofefe_tasks.io.profefe import PROFEFE_TYPES
 
 COMMANDS = ("capture", "targets", "get", "merge", "load", "demo", "version")
 TABLE_FORMATS = ("table", "wide", "json", "yaml")
@@ -177,7 +177,7 @@ def build_parser(prog: str = "kubectl profefe") -> argparse.ArgumentParser:
     ld.add_argument("--label", dest="labels", type=common.label_arg, action="append", metavar="KEY=VALUE")
     _output_flag(ld, LIST_FORMATS)
 
-    # The real parsing of `demo` happens in kprofefe_tasks.demo; this entry is for --help and the command list.
+    # The real parsing of `demo` happens in kprofefe_sandbox.demo; this entry is for --help and the command list.
     sub.add_parser("demo", help="run the whole pipeline on a local sandbox cluster (demo --help for its flags)")
 
     ver = command("version", run_version, "print the client and profefe versions")
@@ -240,8 +240,16 @@ def _join_negative_times(argv: list[str]) -> list[str]:
 
 
 def _run_demo(rest: list[str]) -> int:
-    from kprofefe_tasks import demo  # written separately; imported only when asked for
-
+    # The demo and its doubles are a separate distribution that the production image does not install.
+    try:
+        from kprofefe_sandbox import demo
+    except ImportError:
+        print(
+            "kprofefe demo needs the sandbox distribution, which production installs leave out: "
+            "pip install ./sandbox (from a clone of kprofefe-tasks), or run `make demo`",
+            file=sys.stderr,
+        )
+        return 2
     return int(demo.main(rest) or 0)
 
 

@@ -1,8 +1,8 @@
 """``kubectl profefe capture``: take profiles from pods now, into a directory or profefe, or via the workers.
 
-A capture here is the collector's capture: :func:`kprofefe_tasks.capture.fetch` takes the profile (through the
+A capture here is the collector's capture: :func:`kprofefe_tasks.io.pods.fetch` takes the profile (through the
 API server's pods/proxy subresource by default, so it works from a laptop; ``--direct`` dials the pod IP) and a
-:mod:`kprofefe_tasks.sinks` sink stores it (kube-profefe's file names, or profefe with retries).
+:mod:`kprofefe_tasks.io.sinks` sink stores it (kube-profefe's file names, or profefe with retries).
 
 Captures run on a bounded pool of threads, CPU profiles first because they are the long ones (the whole run
 then takes about ⌈pods/parallel⌉ CPU windows). Each pod gets one CPU profile per run, so Go's "one CPU profile
@@ -26,17 +26,17 @@ from typing import Any
 import requests
 from requests.adapters import HTTPAdapter
 
-from kprofefe_tasks import settings as settings_mod
-from kprofefe_tasks.capture import delivery_for, fetch
 from kprofefe_tasks.cli import common, output
 from kprofefe_tasks.cli import targets as scope_mod
-from kprofefe_tasks.delivery import capture_id_for
-from kprofefe_tasks.errors import KprofefeError, SkipError
-from kprofefe_tasks.kube import Kube
-from kprofefe_tasks.pod_annotations import ENABLE
-from kprofefe_tasks.settings import PROFILE_TYPES, Settings
-from kprofefe_tasks.sinks import DirectorySink, ProfefeSink, Sink
-from kprofefe_tasks.targets import Target
+from kprofefe_tasks.config import settings as settings_mod
+from kprofefe_tasks.config.settings import PROFILE_TYPES, Settings
+from kprofefe_tasks.domain.annotations import ENABLE
+from kprofefe_tasks.domain.delivery import capture_id_for
+from kprofefe_tasks.domain.errors import KprofefeError, SkipError
+from kprofefe_tasks.domain.targets import Target
+from kprofefe_tasks.io.kube import Kube
+from kprofefe_tasks.io.pods import delivery_for, fetch
+from kprofefe_tasks.io.sinks import DirectorySink, ProfefeSink, Sink
 
 DEFAULT_PARALLEL = 16  # captures in flight; kube-profefe's fixed 10 goroutines made 200 pods take 20 windows
 DEFAULT_OUTPUT_DIR = "/tmp"  # kube-profefe's default

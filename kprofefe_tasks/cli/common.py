@@ -15,9 +15,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from kprofefe_tasks.kube import Kube, KubeOptions
-from kprofefe_tasks.profefe import ProfefeClient
-from kprofefe_tasks.settings import PROFILE_TYPES
+from kprofefe_tasks.config.settings import PROFILE_TYPES
+from kprofefe_tasks.io.kube import Kube, KubeOptions
+from kprofefe_tasks.io.profefe import ProfefeClient
 
 PROFEFE_URL_ENV = "KPROFEFE_PROFEFE_URL"
 DEFAULT_PROFEFE_URL = "http://localhost:10100"  # kube-profefe's default for --profefe-hostport

@@ -1,6 +1,6 @@
 """``kubectl profefe get ...`` and ``merge``: read what profefe stores, kubectl-style, and download profiles.
 
-Every call goes through :class:`kprofefe_tasks.profefe.ProfefeClient`; "nothing found" is an empty list there,
+Every call goes through :class:`kprofefe_tasks.io.profefe.ProfefeClient`; "nothing found" is an empty list there,
 printed here as kubectl prints an empty ``get`` (a note on stderr, exit 0).
 """
 
@@ -13,9 +13,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from kprofefe_tasks.cli import common, output
-from kprofefe_tasks.errors import SkipError
-from kprofefe_tasks.profefe import PROFEFE_TYPES, StoredProfile
-from kprofefe_tasks.sinks import safe_filename_part
+from kprofefe_tasks.domain.errors import SkipError
+from kprofefe_tasks.io.profefe import PROFEFE_TYPES, StoredProfile
+from kprofefe_tasks.io.sinks import safe_filename_part
 
 #: labels shown first in the short LABELS column: the ones a person filters on
 SHORT_LABEL_KEYS = ("namespace", "pod", "container", "version")

@@ -1,6 +1,6 @@
 """``kubectl profefe load FILE...``: upload local pprof files to profefe.
 
-The type comes from ``--type`` or from the profile itself (:func:`kprofefe_tasks.pprof.detect_type`: sample
+The type comes from ``--type`` or from the profile itself (:func:`kprofefe_tasks.io.pprof.detect_type`: sample
 types, and for block vs mutex the leaf frames), which kube-profefe got wrong for heap, block and mutex files.
 """
 
@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kprofefe_tasks import pprof
 from kprofefe_tasks.cli import common, output
-from kprofefe_tasks.errors import KprofefeError, SkipError, TemporaryError
+from kprofefe_tasks.domain.errors import KprofefeError, SkipError, TemporaryError
+from kprofefe_tasks.io import pprof
 
 
 @dataclass(frozen=True)

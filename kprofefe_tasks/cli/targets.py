@@ -1,7 +1,7 @@
 """Which pods a command works on, and ``kubectl profefe targets``: the dry run of ``capture``.
 
 Pods are chosen kubectl's way (names, or ``-n``/``-A`` with ``-l``) and turned into capture targets by the same
-pure :func:`kprofefe_tasks.targets.pod_to_target` the collector uses. One difference, on purpose: a pod named on
+pure :func:`kprofefe_tasks.domain.targets.pod_to_target` the collector uses. One difference, on purpose: a pod named on
 the command line is captured even without ``profefe.com/enable: "true"`` (a person asked for it) and even when it
 fails its readiness probe (that is often why someone is looking); its other annotations (port, path, service,
 types) still apply.
@@ -18,11 +18,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from kprofefe_tasks import pod_annotations as ann
 from kprofefe_tasks.cli import common, output
-from kprofefe_tasks.kube import RUNNING, Kube
-from kprofefe_tasks.settings import PROFILE_TYPES
-from kprofefe_tasks.targets import Skip, Target, pod_to_target
+from kprofefe_tasks.config.settings import PROFILE_TYPES
+from kprofefe_tasks.domain import annotations as ann
+from kprofefe_tasks.domain.targets import Skip, Target, pod_to_target
+from kprofefe_tasks.io.kube import RUNNING, Kube
 
 PAGE_SIZE = 500  # pods per list call, as the collector's default
 

@@ -22,8 +22,8 @@ from typing import Any
 
 import yaml
 
-from kprofefe_tasks.errors import ConfigError
-from kprofefe_tasks.settings import PROFILE_TYPES, Settings
+from kprofefe_tasks.config.settings import PROFILE_TYPES, Settings
+from kprofefe_tasks.domain.errors import ConfigError
 
 DEFAULT_INTERVAL = 600  # s: kube-profefe's CronJob ran every 10 minutes
 MIN_INTERVAL = 5  # s: below this a round cannot finish before the next one starts

@@ -1,7 +1,7 @@
 """The only module that talks to the Kubernetes API (through the official ``kubernetes`` client).
 
 Pods are read as raw JSON dicts (``_preload_content=False``): turning 10,000 pods into ``V1Pod`` objects costs more
-than the listing itself, and :func:`kprofefe_tasks.targets.pod_to_target` works on the wire format.
+than the listing itself, and :func:`kprofefe_tasks.domain.targets.pod_to_target` works on the wire format.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.config import kube_config
 from kubernetes.config.config_exception import ConfigException
 
-from kprofefe_tasks.errors import ConfigError, KprofefeError, PermanentError, SkipError, TemporaryError
+from kprofefe_tasks.domain.errors import ConfigError, KprofefeError, PermanentError, SkipError, TemporaryError
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +158,7 @@ class Kube:
         """A raw GET through the client's auth and TLS; returns the unread urllib3 response.
 
         The generated per-endpoint methods would turn every pod into a pydantic model, which costs more than the
-        listing itself at 10,000 pods; the wire JSON is all :mod:`kprofefe_tasks.targets` needs.
+        listing itself at 10,000 pods; the wire JSON is all :mod:`kprofefe_tasks.domain.targets` needs.
         """
         method, url, headers, body, post = self.api_client.param_serialize(
             "GET", path, query_params=query, header_params={"Accept": accept}, auth_settings=["BearerToken"]

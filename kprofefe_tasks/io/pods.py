@@ -16,12 +16,12 @@ from typing import Any
 import requests
 import urllib3
 
-from kprofefe_tasks import pprof
-from kprofefe_tasks.delivery import Delivery
-from kprofefe_tasks.errors import PermanentError, SkipError, TemporaryError
-from kprofefe_tasks.kube import Kube, ProxiedAnswer
-from kprofefe_tasks.settings import Settings
-from kprofefe_tasks.targets import Target
+from kprofefe_tasks.config.settings import Settings
+from kprofefe_tasks.domain.delivery import Delivery
+from kprofefe_tasks.domain.errors import PermanentError, SkipError, TemporaryError
+from kprofefe_tasks.domain.targets import Target
+from kprofefe_tasks.io import pprof
+from kprofefe_tasks.io.kube import Kube, ProxiedAnswer
 
 CHUNK_BYTES = 64 * 1024  # one socket read; small enough that a deadline check runs often
 HARD_DEADLINE_GRACE_S = 2.0  # s past a capture's deadline (plus connect): only a never-ending answer reaches it

@@ -44,17 +44,19 @@ import redis
 import requests
 import yaml
 
-from kprofefe_tasks import coordination, pprof, schedule
-from kprofefe_tasks.delivery import digest_of
-from kprofefe_tasks.errors import ConfigError, KprofefeError
-from kprofefe_tasks.profefe import ProfefeClient
-from kprofefe_tasks.sandbox import gotarget
-from kprofefe_tasks.sandbox.farm import PprofFarm
-from kprofefe_tasks.sandbox.kubeapi import KubeAPIServer, make_pod
-from kprofefe_tasks.sandbox.processes import CeleryProcess, free_port, worker_args
-from kprofefe_tasks.sandbox.profefe import ProfefeServer
-from kprofefe_tasks.settings import ENV_PREFIX, PROFILE_TYPES, Settings
-from kprofefe_tasks.sinks import CAPTURE_LABEL
+from kprofefe_sandbox import gotarget
+from kprofefe_sandbox.farm import PprofFarm
+from kprofefe_sandbox.kubeapi import KubeAPIServer, make_pod
+from kprofefe_sandbox.processes import CeleryProcess, free_port, worker_args
+from kprofefe_sandbox.profefe import ProfefeServer
+from kprofefe_tasks import coordination
+from kprofefe_tasks.config import schedule
+from kprofefe_tasks.config.settings import ENV_PREFIX, PROFILE_TYPES, Settings
+from kprofefe_tasks.domain.delivery import digest_of
+from kprofefe_tasks.domain.errors import ConfigError, KprofefeError
+from kprofefe_tasks.io import pprof
+from kprofefe_tasks.io.profefe import ProfefeClient
+from kprofefe_tasks.io.sinks import CAPTURE_LABEL
 
 DEFAULT_DIR = Path(".demo")
 """Scratch directory in the current directory (gitignored): profiles, logs, kubeconfig, beat state."""
@@ -794,10 +796,10 @@ class Demo:
             self._set_env(ENV_PREFIX + f.name.upper(), None)
         for name, value in self.process_env().items():
             self._set_env(name, value)
-        loaded = sys.modules.get("kprofefe_tasks.app")
+        loaded = sys.modules.get("kprofefe_tasks.worker.app")
         if loaded is not None and loaded.app.conf.broker_url != self.redis_url:
-            raise DemoError("internal: kprofefe_tasks.app was imported before the demo configured it")
-        from kprofefe_tasks.settings import get_settings
+            raise DemoError("internal: kprofefe_tasks.worker.app was imported before the demo configured it")
+        from kprofefe_tasks.config.settings import get_settings
 
         get_settings.cache_clear()
 

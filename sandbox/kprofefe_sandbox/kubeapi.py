@@ -1076,7 +1076,7 @@ def _load_pods(path: Path) -> list[JSON]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m kprofefe_tasks.sandbox.kubeapi",
+        prog="python -m kprofefe_sandbox.kubeapi",
         description="Serve a YAML list of pods over the Kubernetes core/v1 API until Ctrl-C.",
     )
     parser.add_argument("--pods", type=Path, help="YAML: Pod dicts, a PodList, or make_pod() keyword mappings")

@@ -6,8 +6,9 @@ from typing import Any
 
 from celery import Celery
 
-from kprofefe_tasks import broker, events
-from kprofefe_tasks.settings import Settings, get_settings
+from kprofefe_tasks.config.settings import Settings, get_settings
+from kprofefe_tasks.worker import events
+from kprofefe_tasks.worker import transport as broker
 
 DISCOVERY_QUEUE = "discovery"  # its own queue: a capture backlog never delays discovery
 CAPTURE_QUEUE = "capture"

@@ -2,7 +2,7 @@
 
 Environment variables (prefix ``KPROFEFE_``) are read only here, and only by :func:`from_env` — the rest of the
 package receives a :class:`Settings` value. The README's configuration table is generated from the field metadata
-(``python -m kprofefe_tasks.settings``), so it cannot drift from the code.
+(``python -m kprofefe_tasks.config.settings``), so it cannot drift from the code.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kprofefe_tasks.errors import ConfigError
+from kprofefe_tasks.domain.errors import ConfigError
 
 ENV_PREFIX = "KPROFEFE_"
 

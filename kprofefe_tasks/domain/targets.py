@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from kprofefe_tasks import pod_annotations as ann
+from kprofefe_tasks.domain import annotations as ann
 
 SOURCE_LABEL = "kprofefe-tasks"  # the `from` label, as kube-profefe set from=kube-profefe
 

@@ -13,10 +13,10 @@ Where it differs from the real server, on purpose or for lack of a merge impleme
 - **merge** (``/api/0/profiles/merge`` and ``GET /api/0/profiles/<id1>+<id2>``) returns the newest matching
   profile's bytes unchanged instead of a merged profile (a real pprof merge rewrites every id and string
   index; nothing in this project reads merged profiles). The status codes, 404/405 and headers are the real ones.
-- Bodies are checked with :func:`kprofefe_tasks.pprof.inspect`: Go's legacy *text* formats (a ``?debug=1``
+- Bodies are checked with :func:`kprofefe_tasks.io.pprof.inspect`: Go's legacy *text* formats (a ``?debug=1``
   heap or goroutine dump), which the real server's parser may still accept, are rejected here as
   ``unrecognized profile format``; corrupt gzip is reported with an approximate Go message; a body that
-  decompresses past :data:`~kprofefe_tasks.pprof.MAX_DECOMPRESSED_BYTES_DEFAULT` is rejected (the real server
+  decompresses past :data:`~kprofefe_tasks.io.pprof.MAX_DECOMPRESSED_BYTES_DEFAULT` is rejected (the real server
   has no cap). Go's ``CheckValid`` checks (values per sample, location ids) are not repeated.
 - Messages the reference does not pin down (``from`` after ``to``, bad ``limit``, bad ``labels``, bad
   ``created_at``) follow profefe's source as closely as it could be read; tests should match on the prefix.
@@ -24,7 +24,7 @@ Where it differs from the real server, on purpose or for lack of a merge impleme
 
 Test hooks: :meth:`ProfefeServer.fail_next`, :meth:`~ProfefeServer.hang_next`, :meth:`~ProfefeServer.down` /
 :meth:`~ProfefeServer.up` (connections refused, then the same port again), the ``requests`` log and
-``upload_attempts``. Run by hand with ``python -m kprofefe_tasks.sandbox.profefe --port 10100``.
+``upload_attempts``. Run by hand with ``python -m kprofefe_sandbox.profefe --port 10100``.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from types import TracebackType
 from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
-from kprofefe_tasks import pprof
+from kprofefe_tasks.io import pprof
 
 DEFAULT_PORT = 10100  # profefe's own default listen port
 
@@ -918,7 +918,7 @@ def _datetime(value: _GoTime) -> datetime:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m kprofefe_tasks.sandbox.profefe",
+        prog="python -m kprofefe_sandbox.profefe",
         description="Run the profefe test double until interrupted.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="listen address (default: %(default)s)")

@@ -8,7 +8,7 @@ time) or misbehaves in one of the ways a collector must survive (:class:`Behavio
 deliberately small: request line and headers, keep-alive by default, ``Content-Length`` bodies, chunked
 bodies for the streaming fault modes. That is enough for ``requests`` and for a Go reverse proxy.
 
-Run ``python -m kprofefe_tasks.sandbox.farm --count N --port 6060`` for manual trials.
+Run ``python -m kprofefe_sandbox.farm --count N --port 6060`` for manual trials.
 """
 
 from __future__ import annotations
@@ -165,7 +165,7 @@ def payload(name: str) -> bytes:
     """The recorded ``<name>.pb.gz`` shipped in ``sandbox/payloads`` (loaded once)."""
     with _payload_lock:
         if name not in _PAYLOADS:
-            resource_path = importlib.resources.files(__package__ or "kprofefe_tasks.sandbox")
+            resource_path = importlib.resources.files(__package__ or "kprofefe_sandbox")
             _PAYLOADS[name] = (resource_path / "payloads" / f"{name}.pb.gz").read_bytes()
         return _PAYLOADS[name]
 
@@ -918,7 +918,7 @@ def _rss_mib() -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m kprofefe_tasks.sandbox.farm", description="Serve simulated Go pprof targets."
+        prog="python -m kprofefe_sandbox.farm", description="Serve simulated Go pprof targets."
     )
     parser.add_argument("--count", type=int, default=10, help="GO targets on consecutive loopback addresses")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)

@@ -10,7 +10,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from kprofefe_tasks.settings import PROFILE_TYPES
+from kprofefe_tasks.config.settings import PROFILE_TYPES
 
 PREFIX = "profefe.com/"
 ENABLE = PREFIX + "enable"

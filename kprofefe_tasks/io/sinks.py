@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Protocol
 
 from kprofefe_tasks.coordination import TokenBucket
-from kprofefe_tasks.delivery import Delivery, digest_of
-from kprofefe_tasks.errors import KprofefeError, TemporaryError
-from kprofefe_tasks.profefe import ProfefeClient
-from kprofefe_tasks.retry import backoff
+from kprofefe_tasks.domain.backoff import backoff
+from kprofefe_tasks.domain.delivery import Delivery, digest_of
+from kprofefe_tasks.domain.errors import KprofefeError, TemporaryError
+from kprofefe_tasks.io.profefe import ProfefeClient
 
 log = logging.getLogger(__name__)
 

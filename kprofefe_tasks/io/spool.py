@@ -25,8 +25,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from kprofefe_tasks.delivery import Delivery
-from kprofefe_tasks.errors import KprofefeError, PermanentError, SkipError, TemporaryError
+from kprofefe_tasks.domain.delivery import Delivery
+from kprofefe_tasks.domain.errors import KprofefeError, PermanentError, SkipError, TemporaryError
 
 log = logging.getLogger(__name__)
 

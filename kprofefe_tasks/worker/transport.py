@@ -6,7 +6,7 @@ constructor costs about 60 µs, and a capture worker does it for each task event
 bench/ (py-spy, RESULTS.md). A ``redis.Redis`` over a pool is safe to share between threads and greenlets (every
 command checks a connection out of the pool), so this channel keeps one per pool and hands it out again.
 
-Everything else is kombu's. :mod:`kprofefe_tasks.app` selects it as ``broker_transport`` for ``redis://`` brokers
+Everything else is kombu's. :mod:`kprofefe_tasks.worker.app` selects it as ``broker_transport`` for ``redis://`` brokers
 (:func:`transport_for`); ``rediss://``, ``unix://`` and ``sentinel://`` keep kombu's own transport, with its TLS and
 failover handling.
 """
@@ -17,7 +17,7 @@ from typing import Any
 
 from kombu.transport import redis as kombu_redis
 
-TRANSPORT = "kprofefe_tasks.broker:Transport"
+TRANSPORT = "kprofefe_tasks.worker.transport:Transport"
 
 
 def transport_for(url: str) -> str | None:

@@ -1,0 +1,1 @@
+"""The nouns of the product, pure: targets, annotations, deliveries, outcomes, errors. No I/O."""

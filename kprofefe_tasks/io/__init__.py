@@ -1,0 +1,1 @@
+"""The doors to external systems: the Kubernetes API, pods' pprof endpoints, profefe, files (sinks, spool)."""

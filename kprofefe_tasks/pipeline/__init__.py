@@ -1,0 +1,1 @@
+"""The pipeline core without Celery: discovery (pods -> targets) and the capture decision tree, handed their ports."""

@@ -1,0 +1,1 @@
+"""The Celery layer: the app, per-process wiring, fan-out, broker transport, task events, the unacked sweeper."""
