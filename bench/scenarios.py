@@ -393,21 +393,21 @@ def _time_listing(sb: Sandbox, page_size: int) -> tuple[float, list[Any]]:
     """The listing half of discovery alone (same code, in this process): list every pod and turn it into a target.
 
     The rest of the discovery task's time is the fan-out."""
-    from kprofefe_tasks import tasks
     from kprofefe_tasks.config.settings import PROFILE_TYPES
     from kprofefe_tasks.io.kube import Kube, KubeOptions
+    from kprofefe_tasks.pipeline import discovery
 
     kube = Kube.connect(KubeOptions(kubeconfig=str(sb.kube.info["kubeconfig"])))
     started = time.monotonic()
-    targets, _skips, _errors = tasks.find_targets(kube, None, types=PROFILE_TYPES, page_size=page_size)
+    targets = discovery.find(kube, discovery.Scope(), types=PROFILE_TYPES, page_size=page_size).targets
     return round(time.monotonic() - started, 2), targets
 
 
 def _time_fan_out(sb: Sandbox, targets: list[Any], slow_sample: int = 1000) -> dict[str, float]:
-    """``tasks.fan_out`` in this process, once per path: the bulk writer for every target, ``apply_async`` (the path
+    """``fanout.fan_out`` in this process, once per path: the bulk writer for every target, ``apply_async`` (the path
     taken when task-sent events are on) for ``slow_sample`` of them. CPU µs per queued message; queue emptied after."""
     from kprofefe_tasks import tasks
-    from kprofefe_tasks.worker import bulk
+    from kprofefe_tasks.worker import bulk, fanout
     from kprofefe_tasks.worker.app import app
 
     figures: dict[str, float] = {}
@@ -417,7 +417,7 @@ def _time_fan_out(sb: Sandbox, targets: list[Any], slow_sample: int = 1000) -> d
             app.conf.task_send_sent_event = sent_events
             assert bulk.supported(app) is not sent_events
             started = time.process_time()
-            queued = tasks.fan_out(sample, round_id=f"bench-{path}", cpu_seconds=10, expires_in=600)
+            queued = fanout.fan_out(tasks.app, sample, round_id=f"bench-{path}", cpu_seconds=10, expires_in=600)
             figures[path] = round((time.process_time() - started) / max(1, queued) * 1e6, 1)
             sb.redis.delete("capture")
     finally:

@@ -13,7 +13,8 @@ import redis
 
 from kprofefe_tasks import tasks
 from kprofefe_tasks.domain.targets import Target
-from kprofefe_tasks.worker import bulk
+from kprofefe_tasks.pipeline import discovery
+from kprofefe_tasks.worker import bulk, fanout
 from kprofefe_tasks.worker.app import CAPTURE_QUEUE, app
 
 pytestmark = pytest.mark.integration
@@ -119,7 +120,7 @@ def test_fan_out_queues_cpu_first_the_same_on_both_paths(redis_client: redis.Red
     before = datetime.now().astimezone()
     with _Override(app, task_send_sent_event=sent_events):
         assert bulk.supported(app) == (not sent_events)
-        queued = tasks.fan_out(targets, round_id="r9", cpu_seconds=7, expires_in=120, spread_window=30)
+        queued = fanout.fan_out(tasks.app, targets, round_id="r9", cpu_seconds=7, expires_in=120, spread_window=30)
     assert queued == 9
     messages = _queued(redis_client)
     bodies = [json.loads(base64.b64decode(m["body"]))[1] for m in messages]
@@ -135,7 +136,7 @@ def test_fan_out_queues_cpu_first_the_same_on_both_paths(redis_client: redis.Red
         assert headers["ignore_result"] is True
         assert body["target"]["pod"] in headers["kwargsrepr"]
         # spread: a stable offset within the window, and the message expires that long after it
-        offset = tasks.spread_offset(f"web/{body['target']['pod']}/{body['ptype']}", 30)
+        offset = discovery.spread_offset(f"web/{body['target']['pod']}/{body['ptype']}", 30)
         eta = datetime.fromisoformat(headers["eta"])
         expires = datetime.fromisoformat(headers["expires"])
         assert abs((eta - before).total_seconds() - offset) < 2

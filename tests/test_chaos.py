@@ -18,7 +18,7 @@ Each test breaks one thing for real and checks the promise in the profefe double
   sending that entry again.
 
 A dead worker's unacknowledged captures come back through the replacement worker's own sweeper thread
-(``tasks._sweep_unacked``): kombu's consumer loop sweeps only from an idle poll, which a busy gevent worker rarely
+(``worker.sweeper``): kombu's consumer loop sweeps only from an idle poll, which a busy gevent worker rarely
 reaches. No test sweeps on the workers' behalf.
 
 Every test runs its own ``redis-server`` on a free loopback port (the machine's Redis on 6379 is shared with other
@@ -491,7 +491,8 @@ def test_redis_restart_mid_round_workers_reconnect_and_the_next_round_is_complet
         logs=sandbox.logs,
     )
     sandbox.redis.kill()
-    time.sleep(1.0)
+    # the restart comes only once the worker has seen its broker go: a reconnect, not a blip it never noticed
+    wait_for(lambda: "Connection to broker lost" in worker.output(), 30, "the worker saw Redis go", sandbox.logs)
     sandbox.redis.start()  # same port, empty: queues, unacked messages, locks, ledger and counters are gone
 
     # the CPU captures that were in flight finish and upload: Redis is not on the path of a profile

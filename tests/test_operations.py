@@ -169,16 +169,17 @@ def test_task_events_of_a_round_all_arrive_in_batches(stack: Stack, redis_client
 
 def test_a_round_with_rabbitmq_as_the_broker(stack: Stack) -> None:
     add_pods(stack)
-    stack.worker(KPROFEFE_BROKER_URL=RABBITMQ)
+    worker = stack.worker(KPROFEFE_BROKER_URL=RABBITMQ)
     # the test process's app points at Redis; send through a RabbitMQ-backed client as an operator would
     client = Celery(broker=RABBITMQ)
     client.conf.task_routes = {"kprofefe.discover": {"queue": "discovery"}}
     deadline = time.monotonic() + 60
     before = set(stack.profefe.profiles and [p.id for p in stack.profefe.profiles])
     client.send_task("kprofefe.discover", kwargs={"namespaces": ["web"], "types": ["heap"]}, queue="discovery")
-    while time.monotonic() < deadline and len(stack.profefe.profiles) < 1:
-        time.sleep(0.2)
-    time.sleep(1.0)  # the failing pod's capture finishes too; nothing more may arrive
+    # both captures end with their line: the good one stored, the HTML one failed; nothing else is in flight then
+    while not ("capture ok web/good heap" in worker.output() and "capture failed web/bad heap" in worker.output()):
+        assert time.monotonic() < deadline, stack.logs()
+        time.sleep(0.05)
     stored = [p for p in stack.profefe.profiles if p.id not in before]
     assert [(p.labels["pod"], p.type) for p in stored] == [("good", "heap")], stack.logs()
 

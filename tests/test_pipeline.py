@@ -188,10 +188,14 @@ def test_a_real_go_program_is_profiled(stack: Stack) -> None:
 def test_discovery_retries_when_the_api_server_is_briefly_down(stack: Stack) -> None:
     t = stack.farm.add("127.31.7.1", 6060)
     stack.kube.add_pod(make_pod("api-0", "web", annotations=ENABLE, ip=t.host))
-    stack.worker()
+    worker = stack.worker()
     stack.kube.stop()
     result = tasks.discover.delay(types=["heap"])
-    time.sleep(1.0)  # the first attempt fails against the stopped API server
+    # the first attempt fails against the stopped API server and says it will retry; only then is it back
+    deadline = time.monotonic() + 30
+    while "retrying" not in worker.output():
+        assert time.monotonic() < deadline, stack.logs()
+        time.sleep(0.05)
     stack.kube.start()
     summary = result.get(timeout=60)
     assert summary["targets"] == 1

@@ -132,7 +132,7 @@ def test_ipv6_address_is_bracketed() -> None:
 
 
 def test_target_limit_keeps_a_stable_subset_and_skips_the_rest() -> None:
-    from kprofefe_tasks.tasks import limit_targets
+    from kprofefe_tasks.pipeline.discovery import limit_targets
 
     targets = [target(pod(name=f"api-{i}")) for i in range(20)]
     kept, over = limit_targets(targets, 5)

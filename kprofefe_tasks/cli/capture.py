@@ -33,6 +33,7 @@ from kprofefe_tasks.config.settings import PROFILE_TYPES, Settings
 from kprofefe_tasks.domain.annotations import ENABLE
 from kprofefe_tasks.domain.delivery import capture_id_for
 from kprofefe_tasks.domain.errors import KprofefeError, SkipError
+from kprofefe_tasks.domain.outcomes import CaptureResult as Outcome
 from kprofefe_tasks.domain.targets import Target
 from kprofefe_tasks.io.kube import Kube
 from kprofefe_tasks.io.pods import delivery_for, fetch
@@ -48,41 +49,6 @@ ROUND_MARGIN = 120.0  # s: waiting for a queued round, on top of the CPU window
 POLL_S = 0.5  # s between round progress polls
 #: outcomes that make `capture` exit 1
 FAILED = frozenset({"failed", "rejected", "poison", "expired", "cancelled"})
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """How one (pod, type) capture ended. ``where`` is the file or the profefe id; ``detail`` the error."""
-
-    namespace: str
-    pod: str
-    service: str
-    type: str
-    outcome: str  # ok | empty | failed | skipped | cancelled
-    reason: str = ""
-    size: int = 0
-    seconds: float = 0.0
-    where: str = ""
-    detail: str = ""
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "namespace": self.namespace,
-            "pod": self.pod,
-            "service": self.service,
-            "type": self.type,
-            "outcome": self.outcome,
-            "reason": self.reason,
-            "bytes": self.size,
-            "seconds": round(self.seconds, 3),
-            "where": self.where,
-            "detail": self.detail,
-        }
-
-    def line(self) -> str:
-        """The progress line of a finished capture."""
-        tail = self.where if self.outcome == "ok" else (self.detail or self.reason)
-        return f"{self.outcome} {self.namespace}/{self.pod} {self.type}" + (f": {tail}" if tail else "")
 
 
 @dataclass(frozen=True)
@@ -220,7 +186,7 @@ def render(outcomes: Sequence[Outcome], fmt: str) -> str:
     ordered = sorted(outcomes, key=_sort_key)
     if fmt in ("json", "yaml"):
         counts = Counter(o.outcome for o in ordered)
-        return output.dump({"items": [o.to_json() for o in ordered], "counts": dict(sorted(counts.items()))}, fmt)
+        return output.dump({"items": [o.to_dict() for o in ordered], "counts": dict(sorted(counts.items()))}, fmt)
     wide = fmt == "wide"
     headers = ["POD", "NAMESPACE", "TYPE", "OUTCOME", "SIZE", "DETAIL"] + (
         ["SERVICE", "REASON", "SECONDS"] if wide else []

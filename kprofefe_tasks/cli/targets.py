@@ -1,52 +1,34 @@
 """Which pods a command works on, and ``kubectl profefe targets``: the dry run of ``capture``.
 
-Pods are chosen kubectl's way (names, or ``-n``/``-A`` with ``-l``) and turned into capture targets by the same
-pure :func:`kprofefe_tasks.domain.targets.pod_to_target` the collector uses. One difference, on purpose: a pod named on
-the command line is captured even without ``profefe.com/enable: "true"`` (a person asked for it) and even when it
-fails its readiness probe (that is often why someone is looking); its other annotations (port, path, service,
-types) still apply.
+Pods are chosen kubectl's way (names, or ``-n``/``-A`` with ``-l``) and turned into capture targets by the
+collector's own discovery (:func:`kprofefe_tasks.pipeline.discovery.find`), with ``requested=True``: a pod named on
+the command line is captured even without ``profefe.com/enable: "true"`` and even when it fails its readiness probe;
+its other annotations (port, path, service, types) still apply.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import sys
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from kprofefe_tasks.cli import common, output
 from kprofefe_tasks.config.settings import PROFILE_TYPES
-from kprofefe_tasks.domain import annotations as ann
-from kprofefe_tasks.domain.targets import Skip, Target, pod_to_target
-from kprofefe_tasks.io.kube import RUNNING, Kube
+from kprofefe_tasks.domain.targets import Skip, Target
+from kprofefe_tasks.io.kube import Kube
+from kprofefe_tasks.pipeline import discovery
+from kprofefe_tasks.pipeline.discovery import Scope
 
 PAGE_SIZE = 500  # pods per list call, as the collector's default
 
 
-@dataclass(frozen=True)
-class Scope:
-    """Where to look: one namespace (None: all), a label selector, and pod names (empty: every pod)."""
-
-    namespace: str | None
-    selector: str = ""
-    pods: tuple[str, ...] = ()
-
-    def describe(self) -> str:
-        where = "in all namespaces" if self.namespace is None else f'in namespace "{self.namespace}"'
-        if self.pods:
-            where = f"named {', '.join(self.pods)} {where}"
-        if self.selector:
-            where += f' with selector "{self.selector}"'
-        return where
-
-
 @dataclass
 class Resolved:
-    """Targets to capture, pods in scope that will not be, and named pods that do not exist."""
+    """Targets to capture, pods in scope that will not be, and named pods that do not exist (sorted by pod)."""
 
     targets: list[Target] = field(default_factory=list)
     skips: list[Skip] = field(default_factory=list)
@@ -62,33 +44,6 @@ def split_names(values: Iterable[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(n for v in values for n in (p.strip() for p in v.split(",")) if n))
 
 
-def _as_requested(pod: Mapping[str, Any]) -> dict[str, Any]:
-    """A copy of a pod named on the command line, enabled for profiling whatever its annotations say."""
-    wanted = copy.deepcopy(dict(pod))
-    metadata = wanted.setdefault("metadata", {})
-    annotations = dict(metadata.get("annotations") or {})
-    annotations[ann.ENABLE] = "true"
-    metadata["annotations"] = annotations
-    return wanted
-
-
-def _as_ready(pod: dict[str, Any]) -> dict[str, Any]:
-    status = pod.setdefault("status", {})
-    conditions = [c for c in status.get("conditions") or () if c.get("type") != "Ready"]
-    status["conditions"] = [*conditions, {"type": "Ready", "status": "True"}]
-    return pod
-
-
-def _decide(pod: Mapping[str, Any], default_types: Sequence[str], named: bool) -> Target | Skip:
-    if not named:
-        return pod_to_target(pod, default_types)
-    wanted = _as_requested(pod)
-    result = pod_to_target(wanted, default_types)
-    if isinstance(result, Skip) and result.reason == "not-ready":
-        result = pod_to_target(_as_ready(wanted), default_types)
-    return result
-
-
 def resolve(
     kube: Kube,
     scope: Scope,
@@ -97,47 +52,19 @@ def resolve(
     port: int | None = None,
     page_size: int = PAGE_SIZE,
 ) -> Resolved:
-    """List the pods in ``scope`` and decide for each. ``types`` given explicitly replaces the pods' own
+    """The collector's discovery, as a person asked for it. ``types`` given explicitly replaces the pods' own
     ``profefe.com/types``; ``port`` replaces their port."""
-    default_types = tuple(types) if types else PROFILE_TYPES
-    results: dict[str, Target | Skip] = {}
-    resolved = Resolved()
-    if scope.pods and scope.namespace is not None:
-        for name in scope.pods:
-            pod = kube.get_pod(scope.namespace, name)
-            if pod is None:
-                resolved.missing.append(f'pods "{name}" not found in namespace "{scope.namespace}"')
-                continue
-            result = _decide(pod, default_types, named=True)
-            results[result.key] = result
-    else:
-        wanted = set(scope.pods)
-        found: set[str] = set()
-        field_selector = RUNNING
-        if len(scope.pods) == 1:
-            field_selector += f",metadata.name={scope.pods[0]}"
-        for pod in kube.list_pods(
-            scope.namespace, label_selector=scope.selector, field_selector=field_selector, page_size=page_size
-        ):
-            name = str((pod.get("metadata") or {}).get("name", ""))
-            if wanted and name not in wanted:
-                continue
-            found.add(name)
-            result = _decide(pod, default_types, named=bool(wanted))
-            results[result.key] = result
-        resolved.missing.extend(
-            f'no running pod named "{name}" in any namespace' for name in scope.pods if name not in found
-        )
-    for key in sorted(results):
-        result = results[key]
-        if isinstance(result, Target):
-            if types:
-                result = dataclasses.replace(result, types=tuple(types))
-            if port is not None:
-                result = dataclasses.replace(result, port=port)
-            resolved.targets.append(result)
-        else:
-            resolved.skips.append(result)
+    found = discovery.find(
+        kube, scope, types=tuple(types) if types else PROFILE_TYPES, page_size=page_size, requested=True
+    )
+    resolved = Resolved(missing=found.missing)
+    for target in sorted(found.targets, key=lambda t: t.key):
+        if types:
+            target = dataclasses.replace(target, types=tuple(types))
+        if port is not None:
+            target = dataclasses.replace(target, port=port)
+        resolved.targets.append(target)
+    resolved.skips = sorted(found.skips, key=lambda s: s.key)
     return resolved
 
 
@@ -151,7 +78,10 @@ def pods_from_args(args: argparse.Namespace) -> tuple[str, ...]:
 
 
 def scope_from_args(args: argparse.Namespace, kube: Kube) -> Scope:
-    return Scope(namespace=common.scope_namespace(args, kube), selector=args.selector, pods=pods_from_args(args))
+    namespace = common.scope_namespace(args, kube)
+    return Scope(
+        namespaces=None if namespace is None else (namespace,), selector=args.selector, pods=pods_from_args(args)
+    )
 
 
 # -- `targets` -----------------------------------------------------------------------------------------------
@@ -165,7 +95,7 @@ def target_json(target: Target) -> dict[str, Any]:
 
 
 def skip_json(skip: Skip) -> dict[str, str]:
-    return {"namespace": skip.namespace, "pod": skip.pod, "reason": skip.reason, "detail": skip.detail}
+    return skip.to_dict()
 
 
 def render(resolved: Resolved, fmt: str) -> str:

@@ -237,6 +237,15 @@ class Settings:
             "per queued capture (bench/RESULTS.md)."
         ),
     )
+    fast_paths: str = field(
+        default="auto",
+        metadata=_doc(
+            "Our three shortcuts through Celery/kombu internals (the bulk fan-out writer, one Redis client per "
+            "broker pool, task events in batches). `auto`: on only with the Celery and kombu minor versions they "
+            "were written and tested for (`kprofefe_tasks/worker/compat.py`), stock Celery otherwise. `off`: stock "
+            "Celery always."
+        ),
+    )
     worker_events: bool = field(
         default=True,
         metadata=_doc(
@@ -317,6 +326,8 @@ def from_env(environ: Mapping[str, str] | None = None) -> Settings:
     settings = Settings(**values)
     if settings.capture_via not in ("direct", "proxy"):
         raise ConfigError(f"KPROFEFE_CAPTURE_VIA={settings.capture_via!r}: expected direct or proxy")
+    if settings.fast_paths not in ("auto", "off"):
+        raise ConfigError(f"KPROFEFE_FAST_PATHS={settings.fast_paths!r}: expected auto or off")
     if settings.log_format not in ("text", "json"):
         raise ConfigError(f"KPROFEFE_LOG_FORMAT={settings.log_format!r}: expected text or json")
     if settings.cpu_seconds < 1:

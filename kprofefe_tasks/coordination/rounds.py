@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
 import redis
 
 from kprofefe_tasks.coordination.client import PREFIX
@@ -43,3 +46,35 @@ class RoundCounters:
         pipe.hincrby(self.key(round_id), field, 1)
         pipe.expire(self.key(round_id), self.ttl)
         pipe.execute()
+
+    def start(self, round_id: str, **fields: str | int | float) -> None:
+        """The round's record, written before its captures are queued: ``expected`` is what ``done`` must reach."""
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hset(self.key(round_id), mapping=dict(fields))  # type: ignore[arg-type]
+        pipe.expire(self.key(round_id), self.ttl)
+        pipe.execute()
+
+    def report(self, round_id: str) -> dict[str, Any]:
+        """A round's counters: ``expected`` captures, ``done``, and one count per outcome."""
+        raw = self.client.hgetall(self.key(round_id))
+        report: dict[str, Any] = {_text(k): _text(v) for k, v in raw.items()}
+        for key, value in report.items():
+            if value.lstrip("-").isdigit():
+                report[key] = int(value)
+        return report
+
+    def wait(self, round_id: str, timeout: float = 300.0, poll: float = 0.2) -> dict[str, Any]:
+        """Block until every capture of the round has a final outcome (or ``timeout``); returns the report."""
+        end = time.monotonic() + timeout
+        while True:
+            report = self.report(round_id)
+            if report.get("expected") is not None and report.get("done", 0) >= report["expected"]:
+                return report
+            if time.monotonic() > end:
+                report["timed_out"] = True
+                return report
+            time.sleep(poll)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -4,6 +4,8 @@ Every failure is classified by what a retry can do about it, because that decide
 
     KprofefeError                 base; ``reason`` is a short machine word used as a metric label
     ├── TemporaryError            a retry may help (timeouts, refused connections, 5xx, 429); ``delay`` hints when
+    │   ├── UnreachableError      the target did not answer at all: maybe the pod is gone (ask before retrying)
+    │   └── BusyError             a known wait, not a failure: the pod's CPU profiler is busy for one window
     ├── PermanentError            a retry will not help (HTML instead of pprof, 404, bad annotation, 4xx)
     │   └── ConfigError           our own configuration is wrong; raised at start-up, never per target
     └── SkipError                 nothing is wrong, there is just nothing to store (empty profile, pod gone)
@@ -43,6 +45,18 @@ class TemporaryError(KprofefeError):
     def __init__(self, message: str, *, reason: str | None = None, delay: float | None = None) -> None:
         super().__init__(message, reason=reason)
         self.delay = delay
+
+
+class UnreachableError(TemporaryError):
+    """The target did not answer (refused, timed out, reset mid-body): retry, unless its pod is gone."""
+
+    default_reason = "target-unreachable"
+
+
+class BusyError(TemporaryError):
+    """Waiting for a pod's CPU profiler, held by us or by someone else: costs time, not a retry of the budget."""
+
+    default_reason = "cpu-busy"
 
 
 class PermanentError(KprofefeError):

@@ -92,6 +92,9 @@ class Skip:
     def key(self) -> str:
         return f"{self.namespace}/{self.pod}"
 
+    def to_dict(self) -> dict[str, str]:
+        return {"namespace": self.namespace, "pod": self.pod, "reason": self.reason, "detail": self.detail}
+
 
 def _is_ready(status: Mapping[str, Any]) -> bool:
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or ())

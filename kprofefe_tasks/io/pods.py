@@ -18,9 +18,10 @@ import urllib3
 
 from kprofefe_tasks.config.settings import Settings
 from kprofefe_tasks.domain.delivery import Delivery
-from kprofefe_tasks.domain.errors import PermanentError, SkipError, TemporaryError
+from kprofefe_tasks.domain.errors import BusyError, PermanentError, SkipError, TemporaryError, UnreachableError
 from kprofefe_tasks.domain.targets import Target
 from kprofefe_tasks.io import pprof
+from kprofefe_tasks.io.http import retry_after
 from kprofefe_tasks.io.kube import Kube, ProxiedAnswer
 
 CHUNK_BYTES = 64 * 1024  # one socket read; small enough that a deadline check runs often
@@ -95,7 +96,7 @@ def classify_status(status: int, body: bytes, headers: Mapping[str, str], what: 
     snippet = body[:200].decode("utf-8", "replace")
     if status == 500 and CPU_BUSY_MARKER in body:
         # someone else (a human with go tool pprof?) holds the CPU profiler; it is free after a window
-        raise TemporaryError(f"{what}: {snippet}", reason="cpu-busy", delay=float(cpu_seconds))
+        raise BusyError(f"{what}: {snippet}", reason="cpu-busy", delay=float(cpu_seconds))
     if 300 <= status < 400:
         raise PermanentError(f"{what}: redirect to {headers.get('Location', '?')!r} not followed", reason="redirect")
     if status == 404:
@@ -105,17 +106,6 @@ def classify_status(status: int, body: bytes, headers: Mapping[str, str], what: 
     if status >= 500:
         raise TemporaryError(f"{what}: {status} {snippet}", reason="target-5xx")
     raise PermanentError(f"{what}: {status} {snippet}", reason=f"target-{status // 100}xx")
-
-
-def retry_after(headers: Mapping[str, str]) -> float | None:
-    """A ``Retry-After`` in seconds (the HTTP-date form is rare from these servers and ignored)."""
-    for key, value in headers.items():
-        if key.lower() == "retry-after":
-            try:
-                return max(0.0, float(value))
-            except ValueError:
-                return None
-    return None
 
 
 def validate(body: bytes, what: str, max_decompressed: int) -> pprof.ProfileInfo:
@@ -165,7 +155,7 @@ def fetch(
     except BaseException as exc:
         if exc is not timer:
             raise
-        raise TemporaryError(
+        raise UnreachableError(
             f"{target.key} {ptype}: no complete answer within {budget:.0f}s", reason="target-timeout"
         ) from None
 
@@ -198,7 +188,7 @@ def _fetch(
                 lambda n: answer.read1(n, decode_content=False), settings.max_profile_bytes, deadline, what
             )
         except (OSError, urllib3.exceptions.HTTPError) as exc:
-            raise TemporaryError(f"{what}: {exc}", reason="target-unreachable") from exc
+            raise UnreachableError(f"{what}: {exc}", reason="target-unreachable") from exc
         finally:
             answer.release_conn()
     else:
@@ -207,7 +197,7 @@ def _fetch(
         try:
             response = web.get(url, params=params, timeout=timeout, stream=True, allow_redirects=False)
         except requests.Timeout as exc:
-            raise TemporaryError(f"{what}: timed out ({exc.__class__.__name__})", reason="target-timeout") from exc
+            raise UnreachableError(f"{what}: timed out ({exc.__class__.__name__})", reason="target-timeout") from exc
         except requests.ConnectionError as exc:
             cause = _innermost(exc)
             if isinstance(cause, http.client.HTTPException) and not isinstance(cause, ConnectionError):
@@ -215,7 +205,7 @@ def _fetch(
                 raise PermanentError(
                     f"{what}: not an HTTP answer: {_root_cause(exc)}", reason="target-protocol"
                 ) from exc
-            raise TemporaryError(f"{what}: {_root_cause(exc)}", reason="target-unreachable") from exc
+            raise UnreachableError(f"{what}: {_root_cause(exc)}", reason="target-unreachable") from exc
         except requests.RequestException as exc:
             raise PermanentError(f"{what}: {exc}", reason="target-protocol") from exc
         try:
@@ -228,11 +218,11 @@ def _fetch(
             )
         except urllib3.exceptions.TimeoutError as exc:
             # the body stalled longer than a read may wait: a hung or overloaded pod, not a broken one
-            raise TemporaryError(f"{what}: body stalled: {_root_cause(exc)}", reason="target-timeout") from exc
+            raise UnreachableError(f"{what}: body stalled: {_root_cause(exc)}", reason="target-timeout") from exc
         except (requests.RequestException, OSError, urllib3.exceptions.ProtocolError) as exc:
             # urllib3 reports a connection closed or reset mid-body (a pod restarted, OOM-killed, or its chunked
             # stream cut short) as a ProtocolError: the next attempt may well get the whole profile
-            raise TemporaryError(f"{what}: body read failed: {_root_cause(exc)}", reason="target-reset") from exc
+            raise UnreachableError(f"{what}: body read failed: {_root_cause(exc)}", reason="target-reset") from exc
         except Exception as exc:  # anything else urllib3 raises while reading is not an HTTP body we can use
             if isinstance(exc, (PermanentError, TemporaryError)):
                 raise

@@ -20,7 +20,7 @@ from urllib.parse import quote
 import requests
 
 from kprofefe_tasks.domain.errors import KprofefeError, PermanentError, SkipError, TemporaryError
-from kprofefe_tasks.io.pods import retry_after
+from kprofefe_tasks.io.http import retry_after
 
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%S"  # profefe's only accepted timestamp format, read as UTC
 PROFEFE_TYPES = ("cpu", "heap", "block", "mutex", "goroutine", "threadcreate", "other", "trace")

@@ -7,8 +7,7 @@ from typing import Any
 from celery import Celery
 
 from kprofefe_tasks.config.settings import Settings, get_settings
-from kprofefe_tasks.worker import events
-from kprofefe_tasks.worker import transport as broker
+from kprofefe_tasks.worker import compat, events, transport
 
 DISCOVERY_QUEUE = "discovery"  # its own queue: a capture backlog never delays discovery
 CAPTURE_QUEUE = "capture"
@@ -70,10 +69,14 @@ def create_app(settings: Settings | None = None) -> Celery:
     settings = settings or get_settings()
     celery_app = Celery("kprofefe_tasks", include=["kprofefe_tasks.tasks"])
     celery_app.conf.update(celery_config(settings))
-    # kombu's Redis transport minus a client object per publish and ack, for the URL Celery will really use:
-    # CELERY_BROKER_URL (what `celery -b` sets) wins over ours, and may name another broker.
-    celery_app.conf.broker_transport = broker.transport_for(str(celery_app.conf.broker_url))
-    celery_app.steps["consumer"].add(events.TaskEventBatches)  # task events in batches under gevent and threads
+    # Our shortcuts through Celery/kombu internals, only on the versions they were written for (worker/compat.py).
+    fast = compat.fast_paths(settings.fast_paths)
+    celery_app.conf.kprofefe_fast_paths = fast
+    if fast:
+        # kombu's Redis transport minus a client object per publish and ack, for the URL Celery will really use:
+        # CELERY_BROKER_URL (what `celery -b` sets) wins over ours, and may name another broker.
+        celery_app.conf.broker_transport = transport.transport_for(str(celery_app.conf.broker_url))
+        celery_app.steps["consumer"].add(events.TaskEventBatches)  # task events in batches under gevent and threads
     import beat_schedule  # the top-level, operator-facing schedule module
 
     celery_app.conf.beat_schedule = beat_schedule.build(settings)

@@ -47,9 +47,11 @@ class Message:
 
 
 def supported(app: Celery) -> bool:
-    """Whether this app's broker is Redis and nobody asked for a ``task-sent`` event per message."""
+    """Whether this app's broker is Redis, nobody asked for a ``task-sent`` event per message, and the installed
+    Celery and kombu are the versions this message format was written for (:mod:`kprofefe_tasks.worker.compat`)."""
     url = str(app.conf.broker_url or "")
-    return url.startswith(("redis://", "rediss://", "unix://")) and not app.conf.task_send_sent_event
+    fast = bool(app.conf.get("kprofefe_fast_paths", False))
+    return fast and url.startswith(("redis://", "rediss://", "unix://")) and not app.conf.task_send_sent_event
 
 
 def _template(app: Celery, task_name: str, queue: str) -> tuple[list[str], list[str]]:

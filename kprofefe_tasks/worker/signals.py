@@ -1,0 +1,83 @@
+"""Celery signal handlers: metrics endpoint, logging, the worker's background threads, expired captures."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from celery import signals
+
+from kprofefe_tasks import logs, metrics
+from kprofefe_tasks.config.settings import get_settings
+from kprofefe_tasks.domain.outcomes import CaptureResult, Outcome, Reason
+from kprofefe_tasks.domain.targets import Target
+from kprofefe_tasks.worker import drainer, sweeper
+from kprofefe_tasks.worker.app import app
+from kprofefe_tasks.worker.report import record
+from kprofefe_tasks.worker.runtime import runtime
+
+_stop_threads = threading.Event()
+
+
+@signals.worker_init.connect
+@signals.beat_init.connect
+def _serve_metrics(**_: Any) -> None:
+    """Before the broker connection: /healthz answers for a live process even while Redis is still coming up."""
+    settings = get_settings()
+    if settings.metrics_port:
+        metrics.serve(settings.metrics_port)
+
+
+@signals.worker_ready.connect
+def _on_worker_ready(**_: Any) -> None:
+    settings = get_settings()
+    if settings.broker_url.startswith(("redis://", "rediss://", "unix://")):
+        threading.Thread(
+            target=sweeper.sweep_forever,
+            args=(app, _stop_threads, max(1.0, settings.visibility_timeout / 4)),
+            name="kprofefe-unacked-sweep",
+            daemon=True,
+        ).start()
+    if settings.profefe_url:
+        threading.Thread(
+            target=drainer.drain_forever,
+            args=(_stop_threads, settings.spool_drain_interval),
+            name="kprofefe-spool-drain",
+            daemon=True,
+        ).start()
+
+
+@signals.worker_shutdown.connect
+def _on_worker_shutdown(**_: Any) -> None:
+    _stop_threads.set()
+
+
+@signals.after_setup_logger.connect
+@signals.after_setup_task_logger.connect
+def _on_setup_logger(logger: logging.Logger, **_: Any) -> None:
+    settings = get_settings()
+    logs.install(settings.log_level, settings.log_format, logger)
+
+
+@signals.task_revoked.connect
+def _on_revoked(request: Any = None, expired: bool = False, **_: Any) -> None:
+    """An expired capture waited longer than its interval: dropped so rounds do not pile up, and counted."""
+    if request is None or getattr(request, "name", "") != "kprofefe.capture":
+        return
+    kwargs = getattr(request, "kwargs", None) or {}
+    try:
+        target = Target.from_dict(kwargs["target"])
+    except (KeyError, TypeError, ValueError):
+        return
+    result = CaptureResult(
+        namespace=target.namespace,
+        pod=target.pod,
+        service=target.service,
+        type=str(kwargs.get("ptype", "")),
+        outcome=Outcome.EXPIRED if expired else Outcome.FAILED,
+        reason=Reason.EXPIRED if expired else Reason.REVOKED,
+        round=str(kwargs.get("round_id", "")),
+        task_id=str(getattr(request, "id", "")),
+    )
+    record(result, runtime().rounds)

@@ -1,0 +1,68 @@
+"""Figures the docs state, checked against the code or the manifests they describe, so they cannot drift.
+
+Each claim is a pattern in a doc with one number in it, and where that number comes from. The settings table in
+the README is generated (``python -m kprofefe_tasks.config.settings --update README.md``) and checked elsewhere.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kprofefe_tasks.config.settings import Settings
+from kprofefe_tasks.coordination.ledger import LEDGER_TTL
+from kprofefe_tasks.worker import events
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULTS = Settings()
+MIB = 1024 * 1024
+
+
+def _env_value(manifest: str, name: str) -> str:
+    for doc in yaml.safe_load_all((ROOT / manifest).read_text()):
+        for container in doc["spec"]["template"]["spec"]["containers"]:
+            for env in container.get("env") or ():
+                if env["name"] == name:
+                    return str(env["value"])
+    raise AssertionError(f"{name} not set in {manifest}")
+
+
+def _rabbit_consumer_timeout_h() -> float:
+    text = (ROOT / "deploy/components/rabbitmq/30-kprofefe.conf").read_text()
+    match = re.search(r"^consumer_timeout\s*=\s*(\d+)", text, re.M)
+    assert match
+    return int(match.group(1)) / 3_600_000
+
+
+CLAIMS: list[tuple[str, str, Callable[[], float]]] = [
+    # (file, pattern with one number group, the number's source)
+    ("deploy/README.md", r"the delivery\s+ledger \((\d+) h\)", lambda: LEDGER_TTL / 3600),
+    (
+        "deploy/README.md",
+        r"task results \((\d+) h, `KPROFEFE_RESULT_EXPIRES",
+        lambda: DEFAULTS.result_expires / 3600,
+    ),
+    ("deploy/README.md", r"CPU window \((\d+) s\) \+ read margin", lambda: DEFAULTS.cpu_seconds),
+    ("deploy/README.md", r"read margin \((\d+) s\)", lambda: DEFAULTS.read_margin),
+    ("deploy/README.md", r"`KPROFEFE_CPU_SECONDS` \((\d+) s", lambda: DEFAULTS.cpu_seconds),
+    ("deploy/README.md", r"`KPROFEFE_METRICS_PORT` \((\d+)\)", lambda: DEFAULTS.metrics_port),
+    (
+        "deploy/README.md",
+        r"`KPROFEFE_SPOOL_MAX_BYTES` at (\d+) MiB",
+        lambda: int(_env_value("deploy/base/capture.yaml", "KPROFEFE_SPOOL_MAX_BYTES")) / MIB,
+    ),
+    ("deploy/README.md", r"raises `consumer_timeout` to (\d+) h", _rabbit_consumer_timeout_h),
+    ("README.md", r"in batches every ([\d.]+) s", lambda: events.FLUSH_INTERVAL),
+]
+
+
+@pytest.mark.parametrize(("doc", "pattern", "source"), CLAIMS, ids=[c[1][:40] for c in CLAIMS])
+def test_the_docs_state_the_figure_the_code_has(doc: str, pattern: str, source: Callable[[], float]) -> None:
+    text = " ".join((ROOT / doc).read_text().split())  # a claim may wrap across lines
+    found = [float(m) for m in re.findall(pattern, text)]
+    assert found, f"{doc}: no match for {pattern!r} (reworded? update the claim here)"
+    assert set(found) == {float(source())}, (doc, pattern, found, source())
