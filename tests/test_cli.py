@@ -226,8 +226,11 @@ def test_capture_pushes_to_profefe_with_labels_and_pins_the_json_shape(
         "seconds",
         "where",
         "detail",
+        "round",  # this run's id: the capture_id label's source, as a worker round's id is
+        "task_id",  # empty: the CLI runs no task (the same record as a worker's result)
     }
     assert (item["namespace"], item["pod"], item["service"], item["outcome"]) == ("web", "api-1", "api", "ok")
+    assert len(item["round"]) == 12 and item["task_id"] == ""
     assert item["bytes"] == len(payload("heap"))
     stored = {p.id: p for p in profefe.profiles}
     assert set(stored) == {i["where"] for i in data["items"]}

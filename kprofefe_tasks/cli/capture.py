@@ -73,7 +73,7 @@ def capture_one(
     def ended(outcome: str, **kw: Any) -> Outcome:
         # errors name their pod and type; the summary row already does
         kw["detail"] = str(kw.get("detail", "")).removeprefix(f"{t.key} {ptype}: ")
-        return Outcome(t.namespace, t.pod, t.service, ptype, outcome, **kw)
+        return Outcome(t.namespace, t.pod, t.service, ptype, outcome, round=run_id, **kw)
 
     started = time.monotonic()
     try:
