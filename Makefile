@@ -27,9 +27,9 @@ lint: venv
 test: venv deps lint
 	$(BIN)/pytest -q -ra
 
-## Pure tests only (no Redis, no processes): seconds.
+## The tier without Redis or worker processes, four at a time (its tests mostly wait on real timeouts): ~25 s.
 unit: venv
-	$(BIN)/pytest -q -m "not integration and not chaos"
+	$(BIN)/pytest -q -n 4 -m "not integration and not chaos"
 
 ## The real pipeline on a local sandbox cluster until Ctrl-C (see README).
 demo: venv deps

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -63,7 +64,13 @@ def test_heap_is_a_gzipped_profile(target: GoTarget) -> None:
 def test_every_profile_has_samples(target: GoTarget, kind: str) -> None:
     # Text form, because counting samples needs no protobuf parser; block and mutex are the ones that stay
     # empty unless the program enables them, and a profile registry rejects empty profiles.
-    text = requests.get(f"{target.base_url}/{kind}", params={"debug": "1"}, timeout=30).text
+    # A program that just started may not have contended yet: ask until a sample shows, within a deadline.
+    deadline = time.monotonic() + 15
+    while True:
+        text = requests.get(f"{target.base_url}/{kind}", params={"debug": "1"}, timeout=30).text
+        if kind == "goroutine" or SAMPLE_LINE.search(text) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     if kind == "goroutine":
         assert re.search(r"^goroutine profile: total (\d+)", text, re.MULTILINE)
         assert "main.channelPingPong" in text
