@@ -21,6 +21,7 @@ from celery import Task
 from celery.exceptions import Retry
 
 from kprofefe_tasks import metrics
+from kprofefe_tasks.coordination import round_ttl
 from kprofefe_tasks.domain.backoff import backoff
 from kprofefe_tasks.domain.errors import KprofefeError, TemporaryError
 from kprofefe_tasks.domain.outcomes import CaptureResult, Outcome
@@ -109,7 +110,14 @@ def discover(
         capture_expires=settings.capture_expires,
     )
     round_id = uuid.uuid4().hex[:12]
-    rt.rounds.start(round_id, expected=plan.expected, targets=len(plan.targets), entry=entry, started=time.time())
+    # The round's keys live as long as one of its captures could still run: spread, wait, come back, finish.
+    ttl = round_ttl(
+        spread_window=plan.spread_window,
+        expires_in=plan.expires_in,
+        redelivery_bound=settings.visibility_timeout,
+        capture_bound=settings.capture_bound(seconds),
+    )
+    rt.rounds.start(round_id, ttl, expected=plan.expected, targets=len(plan.targets), entry=entry, started=time.time())
     metrics.TARGETS.inc(len(plan.targets))
     report_skips(plan.skips, round_id)
     queued = fan_out(

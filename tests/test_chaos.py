@@ -52,6 +52,7 @@ from kprofefe_sandbox.processes import CeleryProcess, free_port
 from kprofefe_sandbox.profefe import ProfefeServer
 
 from kprofefe_tasks.config.settings import Settings
+from kprofefe_tasks.coordination.rounds import Rounds
 from kprofefe_tasks.domain.delivery import Delivery
 from kprofefe_tasks.io import pprof
 from kprofefe_tasks.io.profefe import ProfefeClient
@@ -68,7 +69,6 @@ VISIBILITY_TIMEOUT_S = 10  # small, so a dead worker's captures are due again wi
 SELF_REDELIVERY_BUDGET_S = VISIBILITY_TIMEOUT_S + 25
 ROUND_BUDGET_S = 90.0  # a whole round after a disruption; normal rounds here take seconds
 REDIS_START_TIMEOUT_S = 10.0
-ROUND_KEY = "kprofefe:round:{}"
 ENABLE = "profefe.com/enable"
 SNAPSHOT_TYPES = ("heap", "goroutine", "threadcreate")
 
@@ -192,7 +192,7 @@ class Sandbox:
     def report(self, round_id: str) -> dict[str, int]:
         client = self.redis.client()
         try:
-            raw = client.hgetall(ROUND_KEY.format(round_id))
+            raw = client.hgetall(Rounds.key(round_id))
         finally:
             client.close()
         out: dict[str, int] = {}

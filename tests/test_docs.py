@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from kprofefe_tasks.config.settings import Settings
-from kprofefe_tasks.coordination.ledger import LEDGER_TTL
+from kprofefe_tasks.coordination.rounds import ROUND_MARGIN_S
 from kprofefe_tasks.worker import events
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,7 +40,7 @@ def _rabbit_consumer_timeout_h() -> float:
 
 CLAIMS: list[tuple[str, str, Callable[[], float]]] = [
     # (file, pattern with one number group, the number's source)
-    ("deploy/README.md", r"the delivery\s+ledger \((\d+) h\)", lambda: LEDGER_TTL / 3600),
+    ("deploy/README.md", r"the longest capture \+ (\d+) s\)", lambda: ROUND_MARGIN_S),
     (
         "deploy/README.md",
         r"task results \((\d+) h, `KPROFEFE_RESULT_EXPIRES",

@@ -276,6 +276,20 @@ class Settings:
     def cpu_deadline(self, seconds: int) -> float:
         return seconds + self.read_margin
 
+    def upload_bound(self) -> float:
+        """The longest one profile's upload may take with its retries, before it goes to the spool."""
+        return (
+            self.upload_attempts * (self.connect_timeout + self.upload_timeout + self.backoff_max) + self.upload_timeout
+        )
+
+    def capture_bound(self, cpu_seconds: int) -> float:
+        """The longest a capture may run once started: the CPU window with its margin, then the upload."""
+        return self.cpu_deadline(cpu_seconds) + self.connect_timeout + self.upload_bound()
+
+    def hand_round_ttl(self) -> int:
+        """Lifetime of the ledger of a capture queued by hand (no round): it may wait, come back and run."""
+        return int(self.capture_expires + self.visibility_timeout + self.capture_bound(self.cpu_seconds))
+
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 

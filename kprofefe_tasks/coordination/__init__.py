@@ -1,9 +1,8 @@
 """What workers agree on through Redis: the cluster-wide upload rate, per-pod CPU locks, the capture semaphore,
-the delivery ledger that keeps a redelivered capture from being stored twice, and the round counters."""
+and each round's summary and per-capture ledger (which keeps a redelivered capture from being stored twice)."""
 
 from kprofefe_tasks.coordination.client import PREFIX, connect
-from kprofefe_tasks.coordination.ledger import LEDGER_TTL, Ledger
 from kprofefe_tasks.coordination.limits import Lock, Semaphore, TokenBucket
-from kprofefe_tasks.coordination.rounds import RoundCounters
+from kprofefe_tasks.coordination.rounds import Rounds, round_ttl
 
-__all__ = ["LEDGER_TTL", "PREFIX", "Ledger", "Lock", "RoundCounters", "Semaphore", "TokenBucket", "connect"]
+__all__ = ["PREFIX", "Lock", "Rounds", "Semaphore", "TokenBucket", "connect", "round_ttl"]

@@ -35,7 +35,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "result_serializer": "json",
         "accept_content": ["json"],
         # Late acks + reject on worker loss: a capture whose worker died is redelivered, not lost. The delivery
-        # ledger (coordination.Ledger) stops redelivery loops and double uploads.
+        # ledger (coordination.Rounds) stops redelivery loops and double uploads.
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         # Reserve one task per pool slot: no worker hoards captures that an idle one could run.

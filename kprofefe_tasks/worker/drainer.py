@@ -23,7 +23,7 @@ def drain_once(rt: Runtime | None = None) -> dict[str, Any]:
     sink = rt.sink
 
     def sent(delivery: Delivery, where: str) -> None:
-        rt.ledger.mark_delivered(delivery.capture_id, where)
+        rt.rounds.mark_delivered(delivery.capture_id, where)
         metrics.CAPTURES.labels(delivery.ptype, Outcome.OK, Reason.FROM_SPOOL).inc()
         log.info(
             "spooled profile delivered %s/%s %s",

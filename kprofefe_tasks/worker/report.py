@@ -19,7 +19,7 @@ _INFO = frozenset({Outcome.OK, Outcome.EMPTY, Outcome.DUPLICATE, Outcome.RETRIED
 _ERROR = frozenset({Outcome.FAILED, Outcome.POISON, Outcome.REJECTED})
 
 
-def count_outcome(rounds: coordination.RoundCounters, round_id: str, capture_id: str, outcome: str) -> None:
+def count_outcome(rounds: coordination.Rounds, round_id: str, capture_id: str, outcome: str) -> None:
     """Count in the round: each capture's final outcome once, a retry or a duplicate every time."""
     if not round_id:
         return
@@ -27,16 +27,16 @@ def count_outcome(rounds: coordination.RoundCounters, round_id: str, capture_id:
         if outcome == Outcome.DUPLICATE:
             rounds.count(round_id, "duplicates")
             # the first delivery stored the profile but died before counting it: for the round, it is stored
-            rounds.count_final(round_id, capture_id, Outcome.OK)
+            rounds.count_final(capture_id, Outcome.OK)
         elif outcome in FINAL_OUTCOMES:
-            rounds.count_final(round_id, capture_id, outcome)
+            rounds.count_final(capture_id, outcome)
         else:
             rounds.count(round_id, outcome)
     except redis.RedisError as exc:
         log.warning("round %s: outcome %s not counted: %s", round_id, outcome, exc)
 
 
-def record(result: CaptureResult, rounds: coordination.RoundCounters) -> dict[str, Any]:
+def record(result: CaptureResult, rounds: coordination.Rounds) -> dict[str, Any]:
     """Log, count and return (as the task's result) how a capture ended or why it runs again."""
     metrics.CAPTURES.labels(result.type, result.outcome, result.reason or result.outcome).inc()
     if result.outcome in (Outcome.OK, Outcome.SPOOLED):

@@ -30,7 +30,6 @@ log = logging.getLogger("kprofefe.tasks")
 POD_HTTP_POOL = 8  # connections kept per pod: one round asks a pod for at most six profiles at once
 HOST_POOLS = 2000  # pods whose connections are cached; more just means new connections next round
 PROFEFE_POOL = 1000  # connections to profefe: a gevent worker may upload hundreds of profiles at once
-ROUND_TTL = 24 * 3600  # s: a round's counters, for `wait_round` and the demo
 
 
 @dataclass
@@ -39,12 +38,11 @@ class Runtime:
 
     settings: Settings
     redis: redis.Redis
-    ledger: coordination.Ledger
     pods_http: requests.Session
     sink: Sink
     spool: Spool
     bucket: coordination.TokenBucket | None
-    rounds: coordination.RoundCounters
+    rounds: coordination.Rounds
     inflight: coordination.Semaphore | None
     pipeline: CapturePipeline = field(init=False)
     _kube: Kube | None = None
@@ -61,7 +59,7 @@ class Runtime:
                 backoff_max=s.backoff_max,
                 read_margin=s.read_margin,
             ),
-            ledger=self.ledger,
+            ledger=self.rounds,
             fetch=self.fetch,
             sink=self.sink,
             spool=self.spool,
@@ -141,8 +139,7 @@ def build_runtime(settings: Settings) -> Runtime:
     return Runtime(
         settings=settings,
         redis=client,
-        ledger=coordination.Ledger(client),
-        rounds=coordination.RoundCounters(client, ROUND_TTL),
+        rounds=coordination.Rounds(client, fallback_ttl=settings.hand_round_ttl()),
         inflight=(
             coordination.Semaphore(client, "captures", settings.max_inflight_captures)
             if settings.max_inflight_captures > 0
