@@ -38,6 +38,11 @@ SKIPPED = Counter("kprofefe_targets_skipped_total", "Pods in scope that discover
 ROUNDS = Counter("kprofefe_rounds_total", "Discovery rounds, by outcome.", ["outcome"])
 SPOOL_PROFILES = Gauge("kprofefe_spool_profiles", "Profiles waiting in this worker's spool.")
 SPOOL_BYTES = Gauge("kprofefe_spool_bytes", "Bytes waiting in this worker's spool.")
+REDIS_REFUSALS = Counter(
+    "kprofefe_redis_refusals_total",
+    "Redis commands that failed: kind oom (maxmemory reached, writes refused) or unavailable; op says what for.",
+    ["kind", "op"],
+)
 SPOOL_DROPPED = Counter("kprofefe_spool_dropped_total", "Spooled profiles dropped to stay under the cap.")
 
 

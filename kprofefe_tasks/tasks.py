@@ -17,10 +17,12 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
+import redis
 from celery import Task
 from celery.exceptions import Retry
+from kombu.exceptions import OperationalError
 
-from kprofefe_tasks import metrics
+from kprofefe_tasks import coordination, metrics
 from kprofefe_tasks.coordination import round_ttl
 from kprofefe_tasks.domain.backoff import backoff
 from kprofefe_tasks.domain.errors import KprofefeError, TemporaryError
@@ -117,17 +119,25 @@ def discover(
         redelivery_bound=settings.visibility_timeout,
         capture_bound=settings.capture_bound(seconds),
     )
-    rt.rounds.start(round_id, ttl, expected=plan.expected, targets=len(plan.targets), entry=entry, started=time.time())
-    metrics.TARGETS.inc(len(plan.targets))
-    report_skips(plan.skips, round_id)
-    queued = fan_out(
-        app,
-        plan.targets,
-        round_id=round_id,
-        cpu_seconds=seconds,
-        expires_in=plan.expires_in,
-        spread_window=plan.spread_window,
-    )
+    try:
+        rt.rounds.start(
+            round_id, ttl, expected=plan.expected, targets=len(plan.targets), entry=entry, started=time.time()
+        )
+        metrics.TARGETS.inc(len(plan.targets))
+        report_skips(plan.skips, round_id)
+        queued = fan_out(
+            app,
+            plan.targets,
+            round_id=round_id,
+            cpu_seconds=seconds,
+            expires_in=plan.expires_in,
+            spread_window=plan.spread_window,
+        )
+    except (redis.RedisError, OperationalError) as exc:
+        # Redis full (OOM) or gone: this round is not queued; beat fires the next one as usual
+        kind = coordination.note(exc, "fan-out")
+        metrics.ROUNDS.labels("failed").inc()
+        raise TemporaryError(f"round {round_id} not queued: {exc}", reason=f"redis-{kind}") from exc
     metrics.ROUNDS.labels("ok").inc()
     summary = {
         "errors": found.errors,
@@ -184,7 +194,13 @@ def capture(self: Task, target: dict[str, Any], ptype: str, round_id: str = "", 
     if isinstance(decision, RetryLater):
         if decision.counted:
             record(result(Outcome.RETRIED, decision.reason, decision.detail), rt.rounds)
-        raise self.retry(countdown=decision.delay, exc=decision.error) from decision.error
+        try:
+            raise self.retry(countdown=decision.delay, exc=decision.error) from decision.error
+        except Retry:
+            raise
+        except Exception as exc:  # the retry could not be queued (Redis full or gone): this capture ends here
+            kind = coordination.note(exc, "retry")
+            return record(result(Outcome.FAILED, f"redis-{kind}", f"retry not queued: {exc}"), rt.rounds)
     if decision.outcome in (Outcome.SPOOLED, Outcome.REJECTED):
         rt.update_spool_gauges()
     done = result(

@@ -1,8 +1,8 @@
 """What workers agree on through Redis: the cluster-wide upload rate, per-pod CPU locks, the capture semaphore,
 and each round's summary and per-capture ledger (which keeps a redelivered capture from being stored twice)."""
 
-from kprofefe_tasks.coordination.client import PREFIX, connect
+from kprofefe_tasks.coordination.client import PREFIX, connect, note
 from kprofefe_tasks.coordination.limits import Lock, Semaphore, TokenBucket
 from kprofefe_tasks.coordination.rounds import Rounds, round_ttl
 
-__all__ = ["PREFIX", "Lock", "Rounds", "Semaphore", "TokenBucket", "connect", "round_ttl"]
+__all__ = ["PREFIX", "Lock", "Rounds", "Semaphore", "TokenBucket", "connect", "note", "round_ttl"]

@@ -61,7 +61,7 @@ class TokenBucket:
         try:
             return float(self._script(keys=[self.key], args=[self.rate, self.burst, tokens])) / 1000.0
         except redis.RedisError as exc:
-            raise _unavailable(exc) from exc
+            raise _unavailable(exc, "rate-limit") from exc
 
 
 class Semaphore:
@@ -77,7 +77,7 @@ class Semaphore:
         try:
             return bool(self._script(keys=[self.key], args=[self.limit, holder, int(lease * 1000)]))
         except redis.RedisError as exc:
-            raise _unavailable(exc) from exc
+            raise _unavailable(exc, "semaphore") from exc
 
     def release(self, holder: str) -> None:
         try:
@@ -99,7 +99,7 @@ class Lock:
         try:
             return bool(self.client.set(self.key, self.token, nx=True, px=int(lease * 1000)))
         except redis.RedisError as exc:
-            raise _unavailable(exc) from exc
+            raise _unavailable(exc, "cpu-lock") from exc
 
     def remaining(self) -> float:
         """Seconds until the current holder's lease ends (0 when free)."""

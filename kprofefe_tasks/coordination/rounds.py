@@ -27,7 +27,7 @@ from typing import Any
 
 import redis
 
-from kprofefe_tasks.coordination.client import PREFIX
+from kprofefe_tasks.coordination.client import PREFIX, note
 from kprofefe_tasks.coordination.client import unavailable as _unavailable
 from kprofefe_tasks.domain.delivery import digest_of
 
@@ -205,17 +205,17 @@ class Rounds:
         try:
             where, starts = self._begin(keys=keys, args=[field, attempt, self.fallback_ttl])
         except redis.RedisError as exc:
-            raise _unavailable(exc) from exc
+            raise _unavailable(exc, "ledger") from exc
         return (_text(where) or None), int(starts)
 
     def mark_delivered(self, capture_id: str, where: str) -> None:
         keys, field = self._keys(capture_id)
         try:
             self._mark(keys=keys, args=[field, where, self.fallback_ttl])
-        except redis.RedisError:
+        except redis.RedisError as exc:
             # The profile is stored; losing the mark only risks a duplicate if this very task is redelivered, and
             # then the redelivered copy asks profefe for its capture_id first.
-            pass
+            note(exc, "ledger")
 
     def count_final(self, capture_id: str, outcome: str) -> bool:
         """Count ``outcome`` for the capture unless it already has one; True when this one counted."""

@@ -31,6 +31,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "result_backend_transport_options": transport,
         "broker_connection_retry_on_startup": True,
         "broker_connection_max_retries": None,  # a Redis restart must not kill the workers
+        # A full Redis (maxmemory, noeviction) answers the consumer's bookkeeping writes with an OOM error, which
+        # kombu classes as a channel error: reconnect and carry on instead of ending the worker.
+        "broker_channel_error_retry": True,
         "task_serializer": "json",
         "result_serializer": "json",
         "accept_content": ["json"],

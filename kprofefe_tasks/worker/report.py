@@ -33,7 +33,7 @@ def count_outcome(rounds: coordination.Rounds, round_id: str, capture_id: str, o
         else:
             rounds.count(round_id, outcome)
     except redis.RedisError as exc:
-        log.warning("round %s: outcome %s not counted: %s", round_id, outcome, exc)
+        coordination.note(exc, "round-count")
 
 
 def record(result: CaptureResult, rounds: coordination.Rounds) -> dict[str, Any]:
