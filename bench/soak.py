@@ -789,6 +789,24 @@ def run(cfg: SoakConfig) -> int:
     return 0 if ok else 1
 
 
+def _last_round(line: dict[str, Any], pods: int) -> dict[str, Any]:
+    """Every group of keys at the last round, product families first, with bytes per key and per pod."""
+    order = {f: i for i, f in enumerate([*product_families(), BROKER_FAMILY, BENCH_FAMILY])}
+    groups = sorted(line["census"]["groups"].items(), key=lambda kv: (order.get(kv[1]["family"], 99), kv[0]))
+    return {
+        "round": line["round"],
+        "sampled": line["census"]["sampled"],
+        "groups": {
+            g: {
+                **v,
+                "per_key": v["bytes"] / v["keys"] if v["keys"] else 0.0,
+                "per_pod": v["bytes"] / pods,
+            }
+            for g, v in groups
+        },
+    }
+
+
 def judge(
     cfg: SoakConfig,
     rounds: list[Round],
@@ -856,15 +874,19 @@ def judge(
             if (line := at(n)) is not None
         },
         "fits_last_half": {k: v.as_dict() for k, v in fits.items()},
+        "last_round": _last_round(lines[-1], pods) if lines else None,
+        "used_memory_first": lines[0]["used_memory"] if lines else None,
+        "used_memory_last": lines[-1]["used_memory"] if lines else None,
         "last_half_rounds": [int(x) for x in hx],
     }
     complete = bool(rounds) and len(rounds) == cfg.rounds and not interrupted
     goals = [
         Goal(
             "nothing lost, nothing doubled",
-            complete and stored == expected and doubled == 0 and unowned == 0,
+            complete and stored == expected and doubled == 0 and unowned == 0 and acc.mismatched_labels == 0,
             f"{stored}/{expected} stored over {len(rounds)} rounds, {doubled} stored twice, "
-            f"{unowned} profiles of no round seen" + ("" if complete else f" (only {len(rounds)} of {cfg.rounds})"),
+            f"{unowned} profiles of no round seen, {acc.mismatched_labels} under another pod or type"
+            + ("" if complete else f" (only {len(rounds)} of {cfg.rounds})"),
             True,
         ),
     ]
@@ -886,7 +908,8 @@ def judge(
             "worker RSS flat",
             all(f.flat() for f in rss_flat),
             ", ".join(
-                f"{n} {f.slope:+.2f} MiB/round (se {f.stderr:.2f}, mean {f.mean:.0f})"
+                f"{n} {_span(lines, half, lambda line, n=n: line['rss_mib'].get(n) or 0.0)} MiB, "
+                f"{f.slope:+.3f} MiB/round (se {f.stderr:.3f}) {'flat' if f.flat() else 'GROWING'}"
                 for n, f in zip(workers, rss_flat, strict=True)
             ),
             False,
@@ -904,6 +927,13 @@ def judge(
     return verdict, goals
 
 
+def _span(lines: list[dict[str, Any]], half: list[int], get: Any) -> str:
+    """First and last value of the fitted half, e.g. ``115.1->116.7``."""
+    if not half:
+        return "-"
+    return f"{float(get(lines[half[0]])):.1f}->{float(get(lines[half[-1]])):.1f}"
+
+
 def print_verdict(
     cfg: SoakConfig, verdict: dict[str, Any], goals: list[Goal], notes: list[str], final: dict[str, Any]
 ) -> None:
@@ -917,6 +947,18 @@ def print_verdict(
                 f"round {n} {c['product_bytes_per_pod']:.0f} B ({c['product_keys']} keys)"
                 for n, c in verdict["checkpoints"].items()
             )
+        )
+    last = verdict.get("last_round")
+    if last:
+        print(f"  at round {last['round']}, by family (keys, bytes, bytes per key, bytes per pod):")
+        for group, v in last["groups"].items():
+            print(
+                f"    {group:<20} {v['keys']:>7} keys {_size(v['bytes']):>7}  {v['per_key']:>6.0f} B/key "
+                f"{v['per_pod']:>8.1f} B/pod   ({v['family']})"
+            )
+        print(
+            f"  Redis used_memory (server-wide): {_size(verdict['used_memory_first'])} after round 1, "
+            f"{_size(verdict['used_memory_last'])} after round {last['round']}"
         )
     if span:
         p = fits["product_bytes_per_pod"]
