@@ -1,5 +1,8 @@
 """``python -m bench all|round|throughput|discovery|memory|spread``: run scenarios, print figures and a table,
-write ``bench/results/latest.json``. Exit status 1 when a goal is missed or a count does not add up."""
+write ``bench/results/latest.json``. Exit status 1 when a goal is missed or a count does not add up.
+
+``python -m bench soak [--quick] ...``: many rounds fired by the real celery beat, one line per round and a
+verdict on what grows (``bench/soak.py``, its own options: ``python -m bench soak --help``)."""
 
 from __future__ import annotations
 
@@ -25,6 +28,11 @@ def _setting(item: str, parser: argparse.ArgumentParser) -> tuple[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args_in = sys.argv[1:] if argv is None else argv
+    if args_in[:1] == ["soak"]:
+        from bench import soak
+
+        return soak.main(args_in[1:])
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("scenarios", nargs="*", default=["all"], choices=["all", *ORDER], metavar="SCENARIO")
     parser.add_argument("--runs", type=int, default=1, help="runs of each scenario (default: %(default)s)")
@@ -43,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true", help="sample the workers with py-spy (needs py-spy)")
     parser.add_argument("--keep-logs", action="store_true", help="copy worker logs to bench/results/logs/")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results", help="results directory")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(args_in)
 
     names = list(ORDER) if "all" in args.scenarios else [s for s in ORDER if s in args.scenarios]
     cfg = Config(

@@ -66,7 +66,25 @@ def _profefe(spec: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Handler], 
     def count(_: dict[str, Any]) -> int:
         return server.count()
 
-    return {"url": server.url}, {"stats": stats, "clear": clear, "count": count}, server.stop
+    def since(args: dict[str, Any]) -> dict[str, Any]:
+        """What was stored after the first ``index`` profiles: (capture_id, namespace, pod, type) of each, for the
+        soak's per-round count. ``profiles`` would copy every stored body of a long run at each call; the store
+        itself stays as it is, so a redelivered capture still finds its profile by label."""
+        start = int(args.get("index", 0))
+        with server._lock:  # the server's own lock: no upload lands between the slice and the count
+            new = server._profiles[start:]
+            total = len(server._profiles)
+            attempts = server._upload_attempts  # (the property would take the lock again)
+        return {
+            "index": total,
+            "upload_attempts": attempts,
+            "profiles": [
+                (p.labels.get("capture_id", ""), p.labels.get("namespace", ""), p.labels.get("pod", ""), p.type)
+                for p in new
+            ],
+        }
+
+    return {"url": server.url}, {"stats": stats, "clear": clear, "count": count, "since": since}, server.stop
 
 
 def _kube(spec: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Handler], Callable[[], None]]:
