@@ -74,7 +74,7 @@ PRODUCT_PREFIX = "kprofefe:"
 PRODUCT_FAMILIES = {
     "starts": "ledger: starts per capture and attempt",
     "done": "ledger: where each capture was delivered",
-    "round": "round records: counters and :finals",
+    "round": "rounds: summaries, and the per-capture ledger (:c) while a round runs",
     "lock": "per-pod CPU locks",
     "sem": "capture semaphore",
     "bucket": "upload token bucket",
@@ -86,7 +86,7 @@ BROKER_FAMILY = "broker"
 BENCH_FAMILY = "bench"  # the sentinel key: neither the product's nor the broker's
 
 QUEUES = ("capture", "discovery")
-"""Celery queues of kprofefe_tasks.app (named here, not imported: the package is being restructured)."""
+"""Celery queues of kprofefe_tasks.worker.app (named here: importing it would build the Celery app)."""
 PRIORITY_SEP = "\x06\x16"  # kombu's Redis transport: priority lists are "<queue>\x06\x16<priority>"
 BROKER_EXACT = ("unacked", "unacked_index", "unacked_mutex")
 BROKER_PREFIXES = (("_kombu.", "_kombu.*"), ("celery-task-meta-", "celery-task-meta-*"))
@@ -404,7 +404,7 @@ class Accounting:
         self.upload_attempts = 0
         self.mismatched_labels = 0  # a label whose namespace/pod/type disagree with the capture it names
 
-        from kprofefe_tasks.delivery import capture_id_for, digest_of
+        from kprofefe_tasks.domain.delivery import capture_id_for, digest_of
 
         self._capture_id_for = capture_id_for
         self._digest_of = digest_of
@@ -441,7 +441,9 @@ class Accounting:
 
 
 def _record(client: redis.Redis, round_id: str) -> dict[str, Any]:
-    raw = client.hgetall(f"{PRODUCT_PREFIX}round:{round_id}")
+    from kprofefe_tasks.coordination.rounds import Rounds
+
+    raw = client.hgetall(Rounds.key(round_id))
     out: dict[str, Any] = {}
     for k, v in raw.items():
         value = _text(v)
@@ -450,13 +452,10 @@ def _record(client: redis.Redis, round_id: str) -> dict[str, Any]:
 
 
 def round_ids(client: redis.Redis) -> set[str]:
-    prefix = f"{PRODUCT_PREFIX}round:"
-    found = set()
-    for raw in client.scan_iter(match=prefix + "*", count=SCAN_COUNT):
-        rest = _text(raw)[len(prefix) :]
-        if ":" not in rest:  # not a round's ":finals"
-            found.add(rest)
-    return found
+    """Round ids from their summaries (the product's own scan)."""
+    from kprofefe_tasks.coordination.rounds import Rounds
+
+    return set(Rounds(client, fallback_ttl=1).ids(count=SCAN_COUNT))
 
 
 def wait_new_round(client: redis.Redis, known: set[str], deadline: float) -> tuple[str, dict[str, Any]] | None:
@@ -584,17 +583,17 @@ def db_free(client: redis.Redis) -> str | None:
 
 def list_targets(sb: harness.Sandbox) -> list[tuple[str, str, tuple[str, ...]]]:
     """The pods a round should capture, listed by the product's own discovery code from the Kubernetes double."""
-    from kprofefe_tasks import tasks
-    from kprofefe_tasks.kube import Kube, KubeOptions
+    from kprofefe_tasks.io.kube import Kube, KubeOptions
+    from kprofefe_tasks.pipeline import discovery
 
     kube = Kube.connect(KubeOptions(kubeconfig=str(sb.kube.info["kubeconfig"])))
-    targets, _skips, _errors = tasks.find_targets(kube, None, types=TYPES, page_size=500)
+    targets = discovery.find(kube, discovery.Scope(), types=TYPES, page_size=500).targets
     return [(t.namespace, t.pod, tuple(t.types)) for t in targets]
 
 
 @contextlib.contextmanager
 def beat_process(sb: harness.Sandbox, cfg: SoakConfig) -> Iterator[Any]:
-    from kprofefe_tasks.sandbox.processes import CeleryProcess
+    from kprofefe_sandbox.processes import CeleryProcess
 
     (sb.tmp / "beat").mkdir(exist_ok=True)
     beat = CeleryProcess(

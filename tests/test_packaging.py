@@ -6,6 +6,7 @@ Makefile for tests, benchmarks and ``make demo``, never by the image (tests/test
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -19,13 +20,26 @@ pytestmark = pytest.mark.integration  # builds a wheel: seconds, not millisecond
 
 
 def _wheel(source: Path, out: Path) -> list[str]:
+    # build from a copy of the tracked files: setuptools leaves build/ behind, and a stale build/lib from an earlier
+    # layout would land in the wheel, or in this checkout
+    tracked = (
+        subprocess.run(["git", "ls-files", "-z", "--", "."], cwd=source, check=True, capture_output=True, timeout=60)
+        .stdout.decode()
+        .split("\0")
+    )
+    copy = out / "src"
+    for name in filter(None, tracked):
+        target = copy / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source / name, target)
+    source = copy
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), str(source)],
         check=True,
         timeout=300,
         capture_output=True,
     )
-    (wheel,) = out.glob("*.whl")
+    (wheel,) = out.glob("*.whl")  # only the one just built: the copy lives under out/src
     with zipfile.ZipFile(wheel) as zf:
         return zf.namelist()
 

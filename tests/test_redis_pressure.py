@@ -91,7 +91,12 @@ def test_a_full_redis_loses_no_profile_taken_and_everything_recovers_by_itself(
     assert metric(port, "kprofefe_redis_refusals_total", kind="oom", op="rate-limit") >= 3
     assert "Redis refused a write during rate-limit" in worker.output()
     beat_log_before = len(scheduler.output())
-    wait_for(lambda: "Message Error" in scheduler.output()[beat_log_before:], 20, "beat refused and still firing", sandbox.logs)
+    wait_for(
+        lambda: "Message Error" in scheduler.output()[beat_log_before:],
+        20,
+        "beat refused and still firing",
+        sandbox.logs,
+    )
     assert worker.proc is not None and worker.proc.poll() is None, "the worker died of a full Redis"
     assert scheduler.proc is not None and scheduler.proc.poll() is None, "beat died of a full Redis"
 

@@ -162,6 +162,16 @@ class Rounds:
     def captures_key(cls, round_id: str) -> str:
         return cls.key(round_id) + ":c"
 
+    def ids(self, count: int = 500) -> list[str]:
+        """The ids of the rounds whose summaries are still kept (a SCAN: for the demo and tools, not hot paths)."""
+        prefix = f"{PREFIX}round:{{"
+        found = []
+        for raw in self.client.scan_iter(match=prefix + "*", count=count):
+            rest = _text(raw)[len(prefix) :]
+            if rest.endswith("}"):
+                found.append(rest[:-1])
+        return found
+
     def _keys(self, capture_id: str) -> tuple[list[str], str]:
         round_id, field = split_capture_id(capture_id)
         return [self.key(round_id), self.captures_key(round_id)], field

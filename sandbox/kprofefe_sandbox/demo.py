@@ -932,9 +932,7 @@ class Demo:
 
     def round_ids(self) -> list[str]:
         assert self.redis_client is not None
-        prefix = f"{coordination.PREFIX}round:"
-        keys = self.redis_client.scan_iter(match=prefix + "*", count=500)
-        return [(k.decode() if isinstance(k, bytes) else str(k))[len(prefix) :] for k in keys]
+        return coordination.Rounds(self.redis_client, fallback_ttl=1).ids()
 
     def round_line(self, round_id: str, report: Mapping[str, Any], elapsed: float) -> str:
         expected = int(report.get("expected", 0))
