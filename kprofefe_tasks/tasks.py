@@ -116,7 +116,7 @@ def discover(
     ttl = round_ttl(
         spread_window=plan.spread_window,
         expires_in=plan.expires_in,
-        redelivery_bound=settings.visibility_timeout,
+        redelivery_bound=settings.redelivery_bound(),
         capture_bound=settings.capture_bound(seconds),
     )
     try:

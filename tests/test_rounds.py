@@ -112,3 +112,13 @@ def test_bytes_per_capture_while_a_round_runs(rounds: Rounds, redis_client: redi
     per_capture = used / len(captures)
     # what docs/README sizing assumes for a running round; a completed one keeps only its summary
     assert per_capture < 120, per_capture
+
+
+def test_a_complete_rounds_summary_is_kept_only_for_the_redelivery_bound(redis_client: redis.Redis) -> None:
+    rounds = Rounds(redis_client, fallback_ttl=FALLBACK_TTL, completed_ttl=120)
+    rounds.start("r6", 5000, expected=1)
+    rounds.begin(cid("r6", "a"), 0)
+    assert redis_client.ttl(Rounds.key("r6")) > 4000
+    rounds.count_final(cid("r6", "a"), "ok")
+    assert 0 < redis_client.ttl(Rounds.key("r6")) <= 120
+    assert rounds.report("r6")["ok"] == 1

@@ -286,9 +286,14 @@ class Settings:
         """The longest a capture may run once started: the CPU window with its margin, then the upload."""
         return self.cpu_deadline(cpu_seconds) + self.connect_timeout + self.upload_bound()
 
+    def redelivery_bound(self) -> float:
+        """The longest a dead worker's capture waits before it is handed to another (Redis: the visibility timeout
+        plus one sweep of the unacked-task sweeper)."""
+        return self.visibility_timeout * 1.25
+
     def hand_round_ttl(self) -> int:
         """Lifetime of the ledger of a capture queued by hand (no round): it may wait, come back and run."""
-        return int(self.capture_expires + self.visibility_timeout + self.capture_bound(self.cpu_seconds))
+        return int(self.capture_expires + self.redelivery_bound() + self.capture_bound(self.cpu_seconds))
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

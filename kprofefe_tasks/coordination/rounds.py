@@ -4,8 +4,8 @@ Two keys per round, nothing per capture, so what the collector keeps depends on 
 long it has run:
 
 - ``kprofefe:round:{<id>}``: the summary (``expected``, ``done``, one count per outcome, ``entry``, ``started``).
-  A few hundred bytes whatever the round's size; it lives for the round's lifetime (below), long enough for
-  ``wait_round`` and for telling a late redelivery that its round is over.
+  A few hundred bytes whatever the round's size; it lives for the round's lifetime (below) while the round runs,
+  and once complete only as long as a late redelivery could still arrive and must be told the round is over.
 - ``kprofefe:round:{<id>}:c``: one field per capture (``<digest>`` → ``attempt|starts|final|where``): the delivery
   ledger (was it delivered, how often did this attempt start) and the final outcome counted once. **Deleted the
   moment the round's last capture has its final outcome**; a round that never completes (its messages were lost
@@ -91,7 +91,7 @@ return 1
 """
 )
 
-# KEYS summary, captures; ARGV field, outcome, fallback ttl. 1 when this outcome counted (the capture's first).
+# KEYS summary, captures; ARGV field, outcome, fallback ttl, completed ttl. 1 when this outcome counted (the first).
 _COUNT_FINAL = (
     _LIB
     + """
@@ -107,7 +107,10 @@ local done = redis.call('HINCRBY', KEYS[1], 'done', 1)
 expiring(KEYS[1], tonumber(ARGV[3]))
 local expected = tonumber(redis.call('HGET', KEYS[1], 'expected'))
 if expected ~= nil and done >= expected then
+  -- complete: the ledger goes; the summary stays only as long as a dead worker's copy could still come back
   redis.call('UNLINK', KEYS[2])
+  local left = redis.call('TTL', KEYS[1])
+  if left < 0 or left > tonumber(ARGV[4]) then redis.call('EXPIRE', KEYS[1], tonumber(ARGV[4])) end
 else
   redis.call('HSET', KEYS[2], ARGV[1], pack(s))
   expiring_like(KEYS[2], KEYS[1], tonumber(ARGV[3]))
@@ -144,11 +147,14 @@ class Rounds:
 
     ``fallback_ttl`` is the lifetime of keys written for a round nobody started (a capture queued by hand; a round
     whose summary was lost with a Redis restart): the longest a hand-queued capture may wait, come back and run.
+    ``completed_ttl`` is how long a complete round's summary is kept: the redelivery bound (a dead worker's copy of
+    one of its captures may still come back and must learn that the round is over), never longer than it had.
     """
 
-    def __init__(self, client: redis.Redis, fallback_ttl: int) -> None:
+    def __init__(self, client: redis.Redis, fallback_ttl: int, completed_ttl: int | None = None) -> None:
         self.client = client
         self.fallback_ttl = max(1, int(fallback_ttl))
+        self.completed_ttl = max(1, int(completed_ttl if completed_ttl is not None else fallback_ttl))
         self._begin = client.register_script(_BEGIN)
         self._mark = client.register_script(_MARK)
         self._final = client.register_script(_COUNT_FINAL)
@@ -230,7 +236,7 @@ class Rounds:
     def count_final(self, capture_id: str, outcome: str) -> bool:
         """Count ``outcome`` for the capture unless it already has one; True when this one counted."""
         keys, field = self._keys(capture_id)
-        return bool(self._final(keys=keys, args=[field, outcome, self.fallback_ttl]))
+        return bool(self._final(keys=keys, args=[field, outcome, self.fallback_ttl, self.completed_ttl]))
 
     def count(self, round_id: str, field: str) -> None:
         """A non-final event (a retry, a duplicate), counted every time."""

@@ -139,7 +139,12 @@ def build_runtime(settings: Settings) -> Runtime:
     return Runtime(
         settings=settings,
         redis=client,
-        rounds=coordination.Rounds(client, fallback_ttl=settings.hand_round_ttl()),
+        rounds=coordination.Rounds(
+            client,
+            fallback_ttl=settings.hand_round_ttl(),
+            # a dead worker's copy comes back within the redelivery bound and checks the round as it starts
+            completed_ttl=int(settings.redelivery_bound()) + coordination.ROUND_MARGIN_S,
+        ),
         inflight=(
             coordination.Semaphore(client, "captures", settings.max_inflight_captures)
             if settings.max_inflight_captures > 0
