@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from kprofefe_tasks.config import sizing
 from kprofefe_tasks.config.settings import Settings
 from kprofefe_tasks.coordination.rounds import ROUND_MARGIN_S
 from kprofefe_tasks.worker import events
@@ -57,6 +58,13 @@ CLAIMS: list[tuple[str, str, Callable[[], float]]] = [
     ),
     ("deploy/README.md", r"raises `consumer_timeout` to (\d+) h", _rabbit_consumer_timeout_h),
     ("README.md", r"in batches every ([\d.]+) s", lambda: events.FLUSH_INTERVAL),
+    ("README.md", r"sizing.py` has the formula, `\((\d+) MiB", lambda: sizing.BASE_BYTES / sizing.MIB),
+    ("README.md", r"pods \u00d7 2 \u00d7 types \u00d7 \(([\d.]+) KB", lambda: sizing.QUEUED_CAPTURE_BYTES / 1000),
+    ("README.md", r"types \u00d7 \([\d.]+ KB \+ (\d+) B\)\)", lambda: sizing.LEDGER_CAPTURE_BYTES),
+    ("README.md", r"\+ \d+ B\)\) \u00d7 ([\d.]+)`", lambda: sizing.HEADROOM),
+    ("README.md", r"pods \u00d7 (\d+) \u00d7 types", lambda: sizing.ROUNDS_QUEUED),
+    ("README.md", r"the longest capture \+ (\d+) s\)", lambda: ROUND_MARGIN_S),
+    ("deploy/README.md", r"--maxmemory (\d+)mb", lambda: sizing.maxmemory_mb(sizing.BASE_PODS)),
 ]
 
 
