@@ -527,6 +527,8 @@ def _spread_figures(m: Measured) -> dict[str, Any]:
         "stored": m.profefe.get("stored"),
         "failures": harness.failures(m.outcome),
         "capture_worker_peak_rss_mib": m.sampler.peak_rss_mib("capture"),
+        # what the fast paths (KPROFEFE_FAST_PATHS) are for, in this production-shaped (spread) round
+        "cpu_ms_per_profile": _cpu_per_profile_ms(m, max(1, int(m.profefe.get("stored", 0) or 0))),
     }
 
 
