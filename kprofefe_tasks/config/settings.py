@@ -128,6 +128,15 @@ class Settings:
         default=400,
         metadata=_doc("Token bucket size for the upload rate: a round's snapshot profiles arrive together.", "uploads"),
     )
+    upload_wait_max: float = field(
+        default=60.0,
+        metadata=_doc(
+            "Longest an upload waits for the cluster-wide rate limit; past it the profile goes to the spool "
+            "(`spooled` / `rate-limited`) and is re-sent later, so a round larger than the rate allows never holds "
+            "captures without bound.",
+            "s",
+        ),
+    )
     upload_timeout: float = field(
         default=30.0,
         metadata=_doc("Read timeout of one upload to profefe.", "s"),
@@ -277,10 +286,9 @@ class Settings:
         return seconds + self.read_margin
 
     def upload_bound(self) -> float:
-        """The longest one profile's upload may take with its retries, before it goes to the spool."""
-        return (
-            self.upload_attempts * (self.connect_timeout + self.upload_timeout + self.backoff_max) + self.upload_timeout
-        )
+        """The longest one profile's upload may take with its retries and rate-limit waits, before it is spooled."""
+        one = self.upload_wait_max + self.connect_timeout + self.upload_timeout + self.backoff_max
+        return self.upload_attempts * one + self.upload_timeout  # + the wait before looking for a timed-out upload
 
     def capture_bound(self, cpu_seconds: int) -> float:
         """The longest a capture may run once started: the CPU window with its margin, then the upload."""

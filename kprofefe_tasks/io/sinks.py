@@ -82,7 +82,9 @@ class ProfefeSink:
         on_retry: Callable[[str], None] | None = None,
         on_wait: Callable[[float], None] | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        wait_max: float = 60.0,
     ) -> None:
+        self.wait_max = wait_max
         self.client = client
         self.bucket = bucket
         self.attempts = max(1, attempts)
@@ -93,17 +95,25 @@ class ProfefeSink:
         self.sleep = sleep
 
     def _take_token(self) -> None:
+        """Wait for the shared rate limit, at most ``wait_max`` seconds; past it the caller spools the profile."""
         if self.bucket is None:
             return
         waited = 0.0
-        while True:
-            delay = self.bucket.wait_time()
-            if delay <= 0:
-                break
-            self.sleep(delay)
-            waited += delay
-        if waited and self.on_wait is not None:
-            self.on_wait(waited)
+        try:
+            while True:
+                delay = self.bucket.wait_time()
+                if delay <= 0:
+                    return
+                if waited + delay > self.wait_max:
+                    raise TemporaryError(
+                        f"no upload slot within {self.wait_max:g}s (rate limit {self.bucket.rate:g}/s)",
+                        reason="rate-limited",
+                    )
+                self.sleep(delay)
+                waited += delay
+        finally:
+            if waited and self.on_wait is not None:
+                self.on_wait(waited)
 
     def store(self, delivery: Delivery) -> str:
         labels = (*delivery.labels, (CAPTURE_LABEL, delivery.digest))

@@ -133,6 +133,7 @@ def build_runtime(settings: Settings) -> Runtime:
             backoff_max=settings.backoff_max,
             on_retry=lambda reason: metrics.UPLOAD_RETRIES.labels(reason).inc(),
             on_wait=metrics.RATE_LIMIT_WAIT.inc,
+            wait_max=settings.upload_wait_max,
         )
     else:
         sink = DirectorySink(settings.output_dir)
