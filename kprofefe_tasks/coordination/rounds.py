@@ -22,6 +22,7 @@ The hash tag (``{<id>}``) keeps both keys in one Redis Cluster slot, so one scri
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any
 
@@ -135,6 +136,7 @@ def round_ttl(*, spread_window: float, expires_in: float, redelivery_bound: floa
     return int(spread_window + expires_in + redelivery_bound + capture_bound + ROUND_MARGIN_S)
 
 
+@functools.lru_cache(maxsize=4096)  # begin, mark and count of one capture: one sha1, not three
 def split_capture_id(capture_id: str) -> tuple[str, str]:
     """``<round>/<namespace>/<pod>/<type>`` → (round id, the capture's field). A capture queued by hand has its task
     id for a round: a round of one capture, whose keys expire with the fallback lifetime."""
