@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from kprofefe_tasks.config.settings import PROFILE_TYPES
-from kprofefe_tasks.domain.targets import Skip, Target, pod_to_target, workload_name
+from kprofefe_tasks.domain.targets import Skip, Target, TargetRules, pod_to_target, workload_name
 from tests.podfactory import pod
 
 
@@ -144,3 +144,33 @@ def test_target_limit_keeps_a_stable_subset_and_skips_the_rest() -> None:
     assert [t.key for t in kept_again] == [t.key for t in kept]
     # scaling up keeps the pods already chosen unless a new one hashes lower
     assert limit_targets(targets, 0) == (targets, [])
+
+
+# -- target rules discovery shares with the capture task (see tests/test_security.py for the queue side) ----------
+
+
+@pytest.mark.parametrize(
+    ("ip", "reason"),
+    [
+        ("169.254.169.254", "link-local-ip"),  # every cloud's instance metadata (credentials)
+        ("169.254.1.7", "link-local-ip"),
+        ("fe80::1", "link-local-ip"),
+        ("fd00:ec2::254", "link-local-ip"),  # AWS's IPv6 metadata address
+        ("::ffff:169.254.169.254", "link-local-ip"),  # IPv4-mapped: a dual-stack socket dials the IPv4 address
+        ("my-pod.example.com", "bad-ip"),  # a pod IP, never a name to resolve
+        ("0.0.0.0", "bad-ip"),
+    ],
+)
+def test_a_pod_whose_ip_must_not_be_dialled_is_a_skip_with_a_reason(ip: str, reason: str) -> None:
+    s = skip(pod(ip=ip))
+    assert s.reason == reason
+    assert ip in s.detail
+
+
+def test_link_local_pods_are_captured_when_explicitly_allowed() -> None:
+    allowed = pod_to_target(pod(ip="169.254.3.4"), PROFILE_TYPES, TargetRules(allow_link_local=True))
+    assert isinstance(allowed, Target) and allowed.ip == "169.254.3.4"
+    assert Target.from_dict(allowed.to_dict(), allow_link_local=True) == allowed
+    # the setting relaxes the address rule only
+    hostname = pod_to_target(pod(ip="metadata.google.internal"), PROFILE_TYPES, TargetRules(allow_link_local=True))
+    assert isinstance(hostname, Skip) and hostname.reason == "bad-ip"
