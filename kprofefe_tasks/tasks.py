@@ -79,7 +79,7 @@ def discover(
     seconds = int(cpu_seconds or settings.cpu_seconds)
     started = time.monotonic()
     try:
-        rules = TargetRules(settings.allow_link_local)
+        rules = TargetRules(settings.allow_link_local, settings.hostnetwork_any_port)
         types_ = list(types) if types else list(settings.types)
         found = discovery.find(rt.kube(), scope, types=types_, page_size=settings.kube_page_size, rules=rules)
     except KprofefeError as exc:

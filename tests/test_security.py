@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import json
 import threading
 import urllib.request
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kprofefe_sandbox.kubeapi import make_pod
+from kprofefe_sandbox.kubeapi import KubeAPIServer, make_pod
 from kprofefe_sandbox.processes import free_port
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -230,7 +231,7 @@ def test_link_local_and_metadata_addresses_only_with_the_setting() -> None:
             Target.from_dict(message(ip=ip))
     with pytest.raises(InvalidTargetError):  # the setting relaxes the address rule only
         Target.from_dict(message(ip="169.254.169.254:80"), allow_link_local=True)
-    assert Settings().allow_link_local is False
+    assert Settings().allow_link_local is False and Settings().hostnetwork_any_port is False
 
 
 @pytest.mark.parametrize("ptype", ["allocs", "profile", "HEAP", "", "../../../api/v1/secrets", "heap?x=1", None, 1])
@@ -253,6 +254,34 @@ def test_a_refused_message_is_logged_and_counted_without_its_own_text() -> None:
     genuine = refused(InvalidTargetError("x", problem="link-local-ip"), message(), "heap", "4f2a9c", "t")
     # a genuine target refused (a pod that no longer qualifies) keeps its names: its round still completes
     assert (genuine.namespace, genuine.pod, genuine.type, genuine.round) == ("web", VALID.pod, "heap", "4f2a9c")
+
+
+# -- kubectl profefe: the same skips, for listed and for named pods ---------------------------------------------
+
+
+def test_kubectl_profefe_targets_shows_host_network_and_link_local_skips(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from kprofefe_tasks.cli import main
+
+    enabled = {"profefe.com/enable": "true"}
+    node_agent = make_pod("node-agent-x", "web", ip="127.0.0.1", annotations=enabled, containers=[("agent", [9100])])
+    node_agent["spec"]["hostNetwork"] = True  # annotated for the default 6060, which none of its containers declares
+    declared = make_pod("node-exporter-y", "web", ip="127.0.0.1", annotations=enabled, containers=[("app", [6060])])
+    declared["spec"]["hostNetwork"] = True
+    metadata = make_pod("odd-z", "web", ip="169.254.169.254", containers=[("app", [6060])])  # not annotated
+    with KubeAPIServer([node_agent, declared, metadata]) as api:
+        kubeconfig = str(api.write_kubeconfig(tmp_path / "kubeconfig", namespace="web"))
+        assert main(["--kubeconfig", kubeconfig, "targets", "-o", "json"]) == 0
+        listed = json.loads(capsys.readouterr().out)
+        assert [t["pod"] for t in listed["targets"]] == ["node-exporter-y"]
+        skips = {s["pod"]: s["reason"] for s in listed["skipped"]}
+        assert skips == {"node-agent-x": "host-network-port", "odd-z": "not-enabled"}
+        # named, a pod is captured without the annotation, but never at an address the rules refuse
+        assert main(["--kubeconfig", kubeconfig, "targets", "node-agent-x", "odd-z"]) == 0
+        out = capsys.readouterr().out
+        rows = {line.split()[1]: line.split()[2] for line in out.splitlines()[1:]}
+        assert rows == {"node-agent-x": "host-network-port", "odd-z": "link-local-ip"}, out
 
 
 # -- a real worker, messages forged into its broker -------------------------------------------------------------

@@ -217,6 +217,14 @@ class Settings:
             "forged into Redis must not send a worker there."
         ),
     )
+    hostnetwork_any_port: bool = field(
+        default=False,
+        metadata=_doc(
+            "Capture a `hostNetwork` pod on a port none of its containers declares. Off, such a pod is a counted "
+            "skip (`host-network-port`): its IP is the node's, so an undeclared port belongs to some other "
+            "process on the node."
+        ),
+    )
     kube_page_size: int = field(
         default=500,
         metadata=_doc("Pods per page when listing (`limit`/`continue`), bounding memory and API server load.", "pods"),

@@ -13,7 +13,8 @@ Every target, from discovery or off the queue, is built by :meth:`Target.from_di
 (a capture message sits in Redis, where anyone with access to it can write one, so the worker trusts none of it):
 the address is an IP literal (never a host name or URL) and not link-local or a cloud metadata address unless
 ``KPROFEFE_ALLOW_LINK_LOCAL``, the port is 1..65535, the path a plain absolute path (the ``profefe.com/path``
-rule), namespace and pod valid Kubernetes names, the types known.
+rule), namespace and pod valid Kubernetes names, the types known. A ``hostNetwork`` pod's IP is its node's: it is
+scraped only on a port one of its containers declares, unless ``KPROFEFE_HOSTNETWORK_ANY_PORT``.
 """
 
 from __future__ import annotations
@@ -55,9 +56,10 @@ _BROADCAST = ipaddress.ip_address("255.255.255.255")
 
 @dataclass(frozen=True)
 class TargetRules:
-    """The settings that relax the target rules (off by default)."""
+    """The two settings that relax the target rules (both off by default)."""
 
     allow_link_local: bool = False  # KPROFEFE_ALLOW_LINK_LOCAL
+    hostnetwork_any_port: bool = False  # KPROFEFE_HOSTNETWORK_ANY_PORT
 
 
 DEFAULT_RULES = TargetRules()
@@ -326,6 +328,17 @@ def _choose_container(
     return containers[0] if containers else "the pod has no containers"
 
 
+def _declared_ports(spec: Mapping[str, Any]) -> set[int]:
+    """Every port the pod's containers (sidecar init containers too) declare, as containerPort or hostPort."""
+    return {
+        int(p[key])
+        for c in [*(spec.get("containers") or ()), *(spec.get("initContainers") or ())]
+        for p in c.get("ports") or ()
+        for key in ("containerPort", "hostPort")
+        if isinstance(p.get(key), int)
+    }
+
+
 def pod_to_target(
     pod: Mapping[str, Any], default_types: Sequence[str], rules: TargetRules = DEFAULT_RULES
 ) -> Target | Skip:
@@ -378,6 +391,13 @@ def pod_to_target(
     chosen = _choose_container(containers, wanted_container, port)
     if isinstance(chosen, str):
         return skip("bad-container", chosen)
+    if spec.get("hostNetwork") is True and not rules.hostnetwork_any_port and port not in _declared_ports(spec):
+        # the pod IP is the node's: an undeclared port is some other process on the node (kubelet, an agent)
+        return skip(
+            "host-network-port",
+            f"hostNetwork pod: port {port} is not declared by any of its containers (containerPort/hostPort); "
+            "KPROFEFE_HOSTNETWORK_ANY_PORT=true scrapes it anyway",
+        )
     path = ann.path(annotations)
     if isinstance(path, ann.Invalid):
         return skip(path.reason, path.detail)

@@ -4,8 +4,8 @@ The Kubernetes door is handed in (``kube``); deciding a pod is the pure :func:`~
 pod_to_target`. The CLI differs in one thing, on purpose, asked for with ``requested=True``: a pod named on the
 command line is captured even without ``profefe.com/enable: "true"`` (a person asked for it) and even when it fails
 its readiness probe (that is often why someone is looking); its other annotations still apply, and so do the target
-rules (:class:`~kprofefe_tasks.domain.targets.TargetRules`: no link-local address), which naming a pod does not
-relax.
+rules (:class:`~kprofefe_tasks.domain.targets.TargetRules`: no link-local address, a hostNetwork pod only on a
+declared port), which naming a pod does not relax.
 """
 
 from __future__ import annotations
