@@ -1,9 +1,9 @@
-"""Defence in depth: a capture message is checked like a discovered pod.
+"""Defence in depth: a capture message is checked like a discovered pod, and a proxy path cannot leave its pod.
 
 A capture message sits in Redis, where anyone with access to it can write one. The worker rebuilds its target with
 the constructor discovery uses (:meth:`Target.from_dict`) and refuses, before fetching anything, a host name, a URL,
 a link-local or cloud-metadata address, a bad port, a path with ``..`` or escapes, an unknown profile type. The
-unit table pins each rule; the integration test forges messages into a real worker's broker and proves, with a
+unit tables pin each rule; the integration test forges messages into a real worker's broker and proves, with a
 recording HTTP listener on loopback, that none of them is ever fetched while a normal capture still works.
 """
 
@@ -28,6 +28,8 @@ from kprofefe_tasks.config.settings import Settings
 from kprofefe_tasks.coordination.rounds import Rounds
 from kprofefe_tasks.domain.errors import InvalidTargetError, PermanentError
 from kprofefe_tasks.domain.targets import Target, check_type, refused
+from kprofefe_tasks.io import pods
+from kprofefe_tasks.io.kube import Kube, KubeOptions, proxy_resource
 from kprofefe_tasks.worker.app import CAPTURE_QUEUE
 
 VALID = Target(
@@ -254,6 +256,81 @@ def test_a_refused_message_is_logged_and_counted_without_its_own_text() -> None:
     genuine = refused(InvalidTargetError("x", problem="link-local-ip"), message(), "heap", "4f2a9c", "t")
     # a genuine target refused (a pod that no longer qualifies) keeps its names: its round still completes
     assert (genuine.namespace, genuine.pod, genuine.type, genuine.round) == ("web", VALID.pod, "heap", "4f2a9c")
+
+
+# -- the proxy path: never leaves /api/v1/namespaces/<ns>/pods/<pod>:<port>/proxy/ ------------------------------
+
+HOSTILE_PATHS = [
+    "/debug/pprof/../../../../api/v1/namespaces/kube-system/secrets",
+    "/debug/pprof/..",
+    "/..",
+    "/debug/./pprof/heap",
+    "/debug/pprof/.",
+    "/debug/pprof/%2e%2e/%2e%2e/secrets",
+    "/debug/pprof/%2E%2E/secrets",
+    "/debug/pprof/.%2e/secrets",
+    "/debug/pprof/%252e%252e/secrets",  # double-encoded
+    "/debug/pprof%2f..%2f..%2fsecrets",
+    "/debug/pprof/%5c..%5csecrets",
+    "/debug/pprof/..\\..\\secrets",
+    "/debug\\pprof",
+    "//debug/pprof/heap",
+    "/debug//pprof/heap",
+    "/debug/pprof/heap?x=/../../secrets",
+    "/debug/pprof/heap#/../secrets",
+    "/debug/pprof/heap;/../secrets",
+    "/debug/pprof/heap/../../../x/",
+    "debug/pprof/heap",
+    "",
+    "/debug/pprof/h\u00e9ap",
+    "/debug/pprof/heap\n",
+    "/debug/pprof/heap\x00",
+    "/debug/pprof/ heap",
+    "/" + "a" * 400,
+]
+
+
+@pytest.mark.parametrize("path", HOSTILE_PATHS, ids=[repr(p)[:50] for p in HOSTILE_PATHS])
+def test_a_proxy_path_that_could_leave_the_pod_is_refused(path: str) -> None:
+    with pytest.raises(InvalidTargetError) as err:
+        proxy_resource("web", "api-1", 6060, path)
+    assert err.value.problem == "bad-path"
+
+
+@pytest.mark.parametrize(
+    ("namespace", "pod", "port"),
+    [("kube-system/../x", "api-1", 6060), ("web", "api-1:10250", 6060), ("web", "api-1/x", 6060), ("web", "a", 0)],
+)
+def test_the_proxy_names_and_port_are_checked_too(namespace: str, pod: str, port: int) -> None:
+    with pytest.raises(InvalidTargetError):
+        proxy_resource(namespace, pod, port, "/debug/pprof/heap")
+
+
+@pytest.mark.parametrize(
+    ("path", "resource"),
+    [
+        ("/debug/pprof/heap", "/api/v1/namespaces/web/pods/api-1:6060/proxy/debug/pprof/heap"),
+        ("/internal/pprof/profile", "/api/v1/namespaces/web/pods/api-1:6060/proxy/internal/pprof/profile"),
+        ("/heap", "/api/v1/namespaces/web/pods/api-1:6060/proxy/heap"),
+        ("/", "/api/v1/namespaces/web/pods/api-1:6060/proxy/"),
+    ],
+)
+def test_a_plain_proxy_path_is_sent_as_is(path: str, resource: str) -> None:
+    assert proxy_resource("web", "api-1", 6060, path) == resource
+
+
+def test_a_hostile_proxy_path_never_reaches_the_api_server(tmp_path: Path) -> None:
+    """Through the real client and the API server double: the request is refused before it is sent, even when the
+    profile type itself carries the escape (the capture task checks it first; this is the second line)."""
+    with KubeAPIServer([make_pod("api-1", "web", ip="127.0.0.1")]) as api:
+        kube = Kube.connect(KubeOptions(kubeconfig=str(api.write_kubeconfig(tmp_path / "kubeconfig"))))
+        api.clear_requests()
+        with pytest.raises(InvalidTargetError):
+            kube.proxy_get("web", "api-1", 6060, "/debug/pprof/%2e%2e/%2e%2e/x", {}, (1.0, 1.0))
+        settings = Settings(connect_timeout=1.0, read_timeout=1.0)
+        with pytest.raises(InvalidTargetError):
+            pods.fetch(VALID, "../../../../api/v1/namespaces/web/secrets", settings, cpu_seconds=1, kube=kube)
+        assert api.requests == []
 
 
 # -- kubectl profefe: the same skips, for listed and for named pods ---------------------------------------------
