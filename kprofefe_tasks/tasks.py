@@ -25,9 +25,9 @@ from kombu.exceptions import OperationalError
 from kprofefe_tasks import coordination, metrics
 from kprofefe_tasks.coordination import round_ttl
 from kprofefe_tasks.domain.backoff import backoff
-from kprofefe_tasks.domain.errors import KprofefeError, TemporaryError
+from kprofefe_tasks.domain.errors import InvalidTargetError, KprofefeError, TemporaryError
 from kprofefe_tasks.domain.outcomes import CaptureResult, Outcome
-from kprofefe_tasks.domain.targets import Target
+from kprofefe_tasks.domain.targets import Target, TargetRules, check_type, refused
 from kprofefe_tasks.pipeline import discovery
 from kprofefe_tasks.pipeline.capture import Capture, RetryLater
 from kprofefe_tasks.worker import fanout
@@ -79,9 +79,9 @@ def discover(
     seconds = int(cpu_seconds or settings.cpu_seconds)
     started = time.monotonic()
     try:
-        found = discovery.find(
-            rt.kube(), scope, types=list(types) if types else list(settings.types), page_size=settings.kube_page_size
-        )
+        rules = TargetRules(settings.allow_link_local, settings.hostnetwork_any_port)
+        types_ = list(types) if types else list(settings.types)
+        found = discovery.find(rt.kube(), scope, types=types_, page_size=settings.kube_page_size, rules=rules)
     except KprofefeError as exc:
         if isinstance(exc, TemporaryError) and self.request.retries < DISCOVERY_RETRIES:
             metrics.ROUNDS.labels("retried").inc()
@@ -174,8 +174,12 @@ def discover(
 def capture(self: Task, target: dict[str, Any], ptype: str, round_id: str = "", cpu_seconds: int = 0) -> dict[str, Any]:
     """Take one profile of one pod and store it; every path ends in exactly one recorded outcome."""
     rt = runtime()
-    t = Target.from_dict(target)
     task_id = str(self.request.id or "")
+    try:  # anyone who can write to Redis can write this message: discovery's checks, before anything else
+        t = Target.from_dict(target, allow_link_local=rt.settings.allow_link_local)
+        check_type(ptype)
+    except InvalidTargetError as exc:  # counted and logged like any failed capture; nothing is fetched
+        return record(refused(exc, target, ptype, round_id, task_id), rt.rounds)
     job = Capture(
         target=t,
         ptype=ptype,

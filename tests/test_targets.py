@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from kprofefe_tasks.config.settings import PROFILE_TYPES
-from kprofefe_tasks.domain.targets import Skip, Target, pod_to_target, workload_name
+from kprofefe_tasks.domain.targets import DEFAULT_RULES, Skip, Target, TargetRules, pod_to_target, workload_name
 from tests.podfactory import pod
 
 
@@ -144,3 +146,96 @@ def test_target_limit_keeps_a_stable_subset_and_skips_the_rest() -> None:
     assert [t.key for t in kept_again] == [t.key for t in kept]
     # scaling up keeps the pods already chosen unless a new one hashes lower
     assert limit_targets(targets, 0) == (targets, [])
+
+
+# -- target rules discovery shares with the capture task (see tests/test_security.py for the queue side) ----------
+
+
+@pytest.mark.parametrize(
+    ("ip", "reason"),
+    [
+        ("169.254.169.254", "link-local-ip"),  # every cloud's instance metadata (credentials)
+        ("169.254.1.7", "link-local-ip"),
+        ("fe80::1", "link-local-ip"),
+        ("fd00:ec2::254", "link-local-ip"),  # AWS's IPv6 metadata address
+        ("::ffff:169.254.169.254", "link-local-ip"),  # IPv4-mapped: a dual-stack socket dials the IPv4 address
+        ("my-pod.example.com", "bad-ip"),  # a pod IP, never a name to resolve
+        ("0.0.0.0", "bad-ip"),
+    ],
+)
+def test_a_pod_whose_ip_must_not_be_dialled_is_a_skip_with_a_reason(ip: str, reason: str) -> None:
+    s = skip(pod(ip=ip))
+    assert s.reason == reason
+    assert ip in s.detail
+
+
+def test_link_local_pods_are_captured_when_explicitly_allowed() -> None:
+    allowed = pod_to_target(pod(ip="169.254.3.4"), PROFILE_TYPES, TargetRules(allow_link_local=True))
+    assert isinstance(allowed, Target) and allowed.ip == "169.254.3.4"
+    assert Target.from_dict(allowed.to_dict(), allow_link_local=True) == allowed
+    # the setting relaxes the address rule only
+    hostname = pod_to_target(pod(ip="metadata.google.internal"), PROFILE_TYPES, TargetRules(allow_link_local=True))
+    assert isinstance(hostname, Skip) and hostname.reason == "bad-ip"
+
+
+def host_network(p: dict[str, Any], *, host_port: int | None = None, init_port: int | None = None) -> dict[str, Any]:
+    p["spec"]["hostNetwork"] = True
+    if host_port is not None:
+        p["spec"]["containers"][0]["ports"][0]["hostPort"] = host_port
+    if init_port is not None:  # a native sidecar (an init container with restartPolicy Always)
+        p["spec"]["initContainers"] = [
+            {"name": "agent", "restartPolicy": "Always", "ports": [{"containerPort": init_port}]}
+        ]
+    return p
+
+
+@pytest.mark.parametrize(
+    ("annotations", "containers", "extra", "captured_on"),
+    [
+        ({}, [("app", [6060])], {}, 6060),  # the default port, declared
+        ({"profefe.com/port": "7070"}, [("app", [8080, 7070])], {}, 7070),
+        ({"profefe.com/port": "pprof"}, [("app", [("pprof", 7071)])], {}, 7071),  # a named port is declared
+        ({"profefe.com/port": "9100"}, [("app", [8080])], {"host_port": 9100}, 9100),
+        ({"profefe.com/port": "9200"}, [("app", [8080])], {"init_port": 9200}, 9200),
+        ({}, [("app", [8080])], {}, None),  # 6060 is nobody's: some other process on the node
+        ({"profefe.com/port": "10250"}, [("app", [8080])], {}, None),  # the kubelet's port
+        ({"profefe.com/port": "7070"}, [("app", [6060]), ("side", [])], {}, None),
+    ],
+)
+def test_host_network_pods_are_scraped_only_on_a_declared_port(
+    annotations: dict[str, str], containers: list[tuple[str, list[Any]]], extra: dict[str, int], captured_on: int | None
+) -> None:
+    p = host_network(pod(annotations=annotations, containers=containers), **extra)
+    result = pod_to_target(p, PROFILE_TYPES)
+    if captured_on is None:
+        assert isinstance(result, Skip), result
+        assert result.reason == "host-network-port"
+        assert "hostNetwork" in result.detail and "KPROFEFE_HOSTNETWORK_ANY_PORT" in result.detail
+        opted_in = pod_to_target(p, PROFILE_TYPES, TargetRules(hostnetwork_any_port=True))
+        assert isinstance(opted_in, Target), opted_in
+    else:
+        assert isinstance(result, Target), result
+        assert result.port == captured_on
+
+
+def test_a_pod_without_host_network_keeps_any_annotated_port() -> None:
+    assert target(pod(annotations={"profefe.com/port": "7070"}, containers=[("app", [8080])])).port == 7070
+
+
+def test_a_named_pod_still_obeys_the_target_rules() -> None:
+    """``kubectl profefe capture <pod>`` relaxes the enable annotation and readiness, never the address rules."""
+    from kprofefe_tasks.pipeline.discovery import decide
+
+    def named(p: dict[str, Any], rules: TargetRules = DEFAULT_RULES) -> Target | Skip:
+        return decide(p, PROFILE_TYPES, requested=True, rules=rules)
+
+    undeclared = host_network(pod(enable=False, ready=False, containers=[("app", [8080])]))
+    declared = host_network(pod(enable=False, ready=False, containers=[("app", [6060])]))
+    link_local = pod(enable=False, ip="169.254.169.254")
+    assert [getattr(named(p), "reason", "target") for p in (undeclared, declared, link_local)] == [
+        "host-network-port",
+        "target",
+        "link-local-ip",
+    ]
+    rules = TargetRules(allow_link_local=True, hostnetwork_any_port=True)
+    assert isinstance(named(undeclared, rules), Target) and isinstance(named(link_local, rules), Target)

@@ -217,6 +217,23 @@ class Settings:
             "pods/proxy subresource (needs `get pods/proxy`)."
         ),
     )
+    allow_link_local: bool = field(
+        default=False,
+        metadata=_doc(
+            "Capture pods whose IP is link-local (169.254.0.0/16, fe80::/10) or AWS's IPv6 metadata address "
+            "(fd00:ec2::254). Off, such a pod is a counted skip (`link-local-ip`) and a capture message naming "
+            "one is refused (`invalid-target`): that is where clouds serve instance credentials, and a message "
+            "forged into Redis must not send a worker there."
+        ),
+    )
+    hostnetwork_any_port: bool = field(
+        default=False,
+        metadata=_doc(
+            "Capture a `hostNetwork` pod on a port none of its containers declares. Off, such a pod is a counted "
+            "skip (`host-network-port`): its IP is the node's, so an undeclared port belongs to some other "
+            "process on the node."
+        ),
+    )
     kube_page_size: int = field(
         default=500,
         metadata=_doc("Pods per page when listing (`limit`/`continue`), bounding memory and API server load.", "pods"),

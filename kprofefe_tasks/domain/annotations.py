@@ -73,13 +73,17 @@ def path(annotations: Mapping[str, str]) -> Invalid | str:
     raw = annotations.get(PATH)
     if raw is None:
         return DEFAULT_PATH
-    value = raw.strip()
+    return check_path(raw.strip())
+
+
+def check_path(value: str, what: str = PATH) -> Invalid | str:
+    """The plain-absolute-path rule, for the annotation and for a target read off the queue (``what`` says which)."""
     if len(value) > MAX_PATH_CHARS:
-        return Invalid("bad-path", f"{PATH} is {len(value)} characters long; the limit is {MAX_PATH_CHARS}")
-    if not _PATH_RE.match(value) or "/../" in value + "/" or "/./" in value + "/" or not value:
+        return Invalid("bad-path", f"{what} is {len(value)} characters long; the limit is {MAX_PATH_CHARS}")
+    if not _PATH_RE.fullmatch(value) or "/../" in value + "/" or "/./" in value + "/" or not value:
         return Invalid(
             "bad-path",
-            f"{PATH}={value[:60]!r}: must be an absolute path like /debug/pprof (no host, scheme, query or '..')",
+            f"{what}={value[:60]!r}: must be an absolute path like /debug/pprof (no host, scheme, query or '..')",
         )
     return value.rstrip("/") or "/"
 
@@ -89,13 +93,17 @@ def service(annotations: Mapping[str, str]) -> Invalid | str | None:
     raw = annotations.get(SERVICE)
     if raw is None:
         return None
-    value = raw.strip()
+    return check_service(raw.strip())
+
+
+def check_service(value: str, what: str = SERVICE) -> Invalid | str:
+    """The service-name rule, for the annotation and for a target read off the queue."""
     if not value:
-        return Invalid("bad-service", f"{SERVICE} is empty")
+        return Invalid("bad-service", f"{what} is empty")
     if len(value) > MAX_SERVICE_CHARS:
-        return Invalid("bad-service", f"{SERVICE} is {len(value)} characters; the limit is {MAX_SERVICE_CHARS}")
+        return Invalid("bad-service", f"{what} is {len(value)} characters; the limit is {MAX_SERVICE_CHARS}")
     if not value.isprintable():
-        return Invalid("bad-service", f"{SERVICE}={value[:40]!r}: contains control characters")
+        return Invalid("bad-service", f"{what}={value[:40]!r}: contains control characters")
     return value
 
 

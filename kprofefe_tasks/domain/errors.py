@@ -7,7 +7,9 @@ Every failure is classified by what a retry can do about it, because that decide
     │   ├── UnreachableError      the target did not answer at all: maybe the pod is gone (ask before retrying)
     │   └── BusyError             a known wait, not a failure: the pod's CPU profiler is busy for one window
     ├── PermanentError            a retry will not help (HTML instead of pprof, 404, bad annotation, 4xx)
-    │   └── ConfigError           our own configuration is wrong; raised at start-up, never per target
+    │   ├── ConfigError           our own configuration is wrong; raised at start-up, never per target
+    │   └── InvalidTargetError    a target fails the checks discovery applies (a forged or corrupt queue message,
+    │                             a link-local pod IP, a proxy path that would leave the pod): never fetched
     └── SkipError                 nothing is wrong, there is just nothing to store (empty profile, pod gone)
 
 Messages are truncated so an HTML error page never floods a log line.
@@ -75,3 +77,20 @@ class SkipError(KprofefeError):
     """Nothing to store, and that is normal (an empty block profile, a pod deleted since discovery)."""
 
     default_reason = "skipped"
+
+
+class InvalidTargetError(PermanentError, ValueError):
+    """A target that must not be dialled: a field fails the rule discovery applies to it.
+
+    Raised by :meth:`kprofefe_tasks.domain.targets.Target.from_dict` (the one door for a target, from discovery or
+    off the queue) and by the proxy path builder. ``reason`` is always ``invalid-target`` (one metric label for a
+    capture refused this way); ``problem`` names the rule (``bad-ip``, ``link-local-ip``, ``bad-port``,
+    ``bad-path``, ...), which discovery reports as the pod's skip reason. A ``ValueError`` too, so code that already
+    guards a message's parsing with ``except ValueError`` keeps refusing it.
+    """
+
+    default_reason = "invalid-target"
+
+    def __init__(self, message: str, *, problem: str = "invalid-target") -> None:
+        super().__init__(message)
+        self.problem = problem

@@ -8,17 +8,198 @@ Service name, first that applies (kube-profefe used the pod name, which churns o
 3. the owning workload: a Deployment's name through its ReplicaSet (the ``pod-template-hash`` suffix removed),
    else the StatefulSet, DaemonSet, Job or other controller's name;
 4. the pod name.
+
+Every target, from discovery or off the queue, is built by :meth:`Target.from_dict`, which applies the same rules
+(a capture message sits in Redis, where anyone with access to it can write one, so the worker trusts none of it):
+the address is an IP literal (never a host name or URL) and not link-local or a cloud metadata address unless
+``KPROFEFE_ALLOW_LINK_LOCAL``, the port is 1..65535, the path a plain absolute path (the ``profefe.com/path``
+rule), namespace and pod valid Kubernetes names, the types known. A ``hostNetwork`` pod's IP is its node's: it is
+scraped only on a port one of its containers declares, unless ``KPROFEFE_HOSTNETWORK_ANY_PORT``.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from kprofefe_tasks.config.settings import PROFILE_TYPES
 from kprofefe_tasks.domain import annotations as ann
+from kprofefe_tasks.domain.errors import InvalidTargetError
+from kprofefe_tasks.domain.outcomes import CaptureResult, Outcome
 
 SOURCE_LABEL = "kprofefe-tasks"  # the `from` label, as kube-profefe set from=kube-profefe
+
+# Kubernetes' own name rules (apimachinery's IsDNS1123Label / IsDNS1123Subdomain): namespaces and container names are
+# labels, pod and node names subdomains. fullmatch, so a trailing newline never passes as "$" would let it.
+DNS_LABEL_MAX = 63
+DNS_SUBDOMAIN_MAX = 253
+_DNS_LABEL_RE = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_DNS_SUBDOMAIN_RE = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+MAX_UID_CHARS = 128  # a pod uid is a 36-character UUID
+MAX_LABELS = 32  # a target carries six labels; a message with hundreds is not ours
+MAX_LABEL_KEY_CHARS = 63
+MAX_LABEL_VALUE_CHARS = 253
+MAX_TYPES = 32  # entries in a message's type list, repeats included (six are known)
+
+#: never dialled unless KPROFEFE_ALLOW_LINK_LOCAL: link-local ranges, where every cloud serves its instance metadata
+#: (credentials) at 169.254.169.254, and AWS's IPv6 metadata address, which sits outside fe80::/10
+LINK_LOCAL_NETWORKS = (ipaddress.ip_network("169.254.0.0/16"), ipaddress.ip_network("fe80::/10"))
+METADATA_ADDRESSES = (ipaddress.ip_address("fd00:ec2::254"),)
+#: IPv6 forms that reach an IPv4 address: IPv4-mapped (a dual-stack socket dials the IPv4 address itself) and the
+#: NAT64 well-known prefix (a NAT64 gateway does)
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_BROADCAST = ipaddress.ip_address("255.255.255.255")
+
+
+@dataclass(frozen=True)
+class TargetRules:
+    """The two settings that relax the target rules (both off by default)."""
+
+    allow_link_local: bool = False  # KPROFEFE_ALLOW_LINK_LOCAL
+    hostnetwork_any_port: bool = False  # KPROFEFE_HOSTNETWORK_ANY_PORT
+
+
+DEFAULT_RULES = TargetRules()
+
+
+def _shown(value: Any) -> str:
+    """A value from a message, for an error: the start of a string, or only the type of anything else."""
+    return repr(value[:60]) if isinstance(value, str) else f"({type(value).__name__})"
+
+
+def _invalid(problem: str, message: str) -> InvalidTargetError:
+    return InvalidTargetError(message, problem=problem)
+
+
+def check_ip(value: Any, *, allow_link_local: bool = False) -> str:
+    """An IP literal (v4 or v6), in its canonical form; never a host name, URL, ``host:port`` or scoped address."""
+    if not isinstance(value, str) or "%" in value:  # a zone id names an interface of the worker's own host
+        raise _invalid("bad-ip", f"ip {_shown(value)}: must be an IP address")
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        raise _invalid(
+            "bad-ip", f"ip {_shown(value)}: not an IP address (a host name, URL or host:port is never dialled)"
+        ) from None
+    reached = [address]
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            reached.append(address.ipv4_mapped)
+        elif address in _NAT64:
+            reached.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+    for a in reached:
+        if a.is_unspecified or a.is_multicast or a == _BROADCAST:
+            raise _invalid("bad-ip", f"ip {value!r}: not a pod's unicast address")
+        if not allow_link_local and (any(a in n for n in LINK_LOCAL_NETWORKS) or a in METADATA_ADDRESSES):
+            raise _invalid(
+                "link-local-ip",
+                f"ip {value!r} is link-local or a cloud metadata address (169.254.0.0/16, fe80::/10, "
+                "fd00:ec2::254): never dialled unless KPROFEFE_ALLOW_LINK_LOCAL=true",
+            )
+    return str(address)
+
+
+def check_type(ptype: Any) -> str:
+    """A profile type the collector knows (it becomes part of the request path)."""
+    if not isinstance(ptype, str) or ptype not in PROFILE_TYPES:
+        raise _invalid("bad-types", f"profile type {_shown(ptype)}: not one of {', '.join(PROFILE_TYPES)}")
+    return ptype
+
+
+def check_name(value: Any, what: str, *, subdomain: bool) -> str:
+    """A Kubernetes object name: a DNS-1123 subdomain (pods, nodes) or label (namespaces, containers)."""
+    if not isinstance(value, str):
+        raise _invalid("bad-name", f"{what} {_shown(value)}: must be a string")
+    pattern, limit = (_DNS_SUBDOMAIN_RE, DNS_SUBDOMAIN_MAX) if subdomain else (_DNS_LABEL_RE, DNS_LABEL_MAX)
+    if len(value) > limit or not pattern.fullmatch(value):
+        kind = "DNS-1123 subdomain" if subdomain else "DNS-1123 label"
+        raise _invalid("bad-name", f"{what} {_shown(value)}: not a valid Kubernetes name (a {kind})")
+    return value
+
+
+def _name(data: Mapping[str, Any], key: str, *, subdomain: bool, required: bool) -> str:
+    value = data.get(key, "")
+    if value == "" and not required:
+        return ""
+    return check_name(value, key, subdomain=subdomain)
+
+
+def _text(value: Any, what: str, limit: int) -> str:
+    if not isinstance(value, str) or len(value) > limit or not value.isprintable():
+        raise _invalid("bad-field", f"{what} {_shown(value)}: must be printable text of at most {limit} characters")
+    return value
+
+
+def check_port(value: Any) -> int:
+    """A TCP port number, 1..65535, as an int."""
+    # bool is an int in Python; "80", 80.0 and "80x" are not what our own messages carry
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise _invalid("bad-port", f"port {_shown(value) if not isinstance(value, int) else value}: must be 1..65535")
+    return value
+
+
+def _path(value: Any) -> str:
+    if not isinstance(value, str):
+        raise _invalid("bad-path", f"path {_shown(value)}: must be a string")
+    checked = ann.check_path(value, what="path")
+    if isinstance(checked, ann.Invalid):
+        raise _invalid(checked.reason, checked.detail)
+    return checked
+
+
+def _service(value: Any) -> str:
+    if not isinstance(value, str):
+        raise _invalid("bad-service", f"service {_shown(value)}: must be a string")
+    checked = ann.check_service(value, what="service")
+    if isinstance(checked, ann.Invalid):
+        raise _invalid(checked.reason, checked.detail)
+    return checked
+
+
+def _types(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list | tuple) or not value or len(value) > MAX_TYPES:
+        raise _invalid("bad-types", f"types {_shown(value)}: must be a list of profile types")
+    return tuple(dict.fromkeys(check_type(t) for t in value))
+
+
+def _labels(value: Any) -> tuple[tuple[str, str], ...]:
+    if not isinstance(value, list | tuple) or len(value) > MAX_LABELS:
+        raise _invalid("bad-field", f"labels {_shown(value)}: must be a list of at most {MAX_LABELS} pairs")
+    pairs = []
+    for pair in value:
+        if not isinstance(pair, list | tuple) or len(pair) != 2:
+            raise _invalid("bad-field", f"label {_shown(pair)}: must be a [key, value] pair")
+        pairs.append((_text(pair[0], "label key", MAX_LABEL_KEY_CHARS), _text(pair[1], "label", MAX_LABEL_VALUE_CHARS)))
+    return tuple(pairs)
+
+
+def loggable(value: Any, empty: str = "?") -> str:
+    """A field of a refused message, for a log line or a round key: name characters only, at most 63 of them."""
+    text = re.sub(r"[^A-Za-z0-9._-]", "", value if isinstance(value, str) else "")[:DNS_LABEL_MAX]
+    return text or empty
+
+
+def refused(exc: InvalidTargetError, target: Any, ptype: Any, round_id: Any, task_id: str) -> CaptureResult:
+    """The result of a capture message refused by the checks: ``failed`` / ``invalid-target``, a final outcome (its
+    round still completes), with the message's names reduced to :func:`loggable` text and the type label to a
+    known type or ``invalid`` (a metric label never carries the message's own text)."""
+    data = target if isinstance(target, Mapping) else {}
+    namespace, pod, service = (loggable(data.get(k)) for k in ("namespace", "pod", "service"))
+    kind = ptype if isinstance(ptype, str) and ptype in PROFILE_TYPES else "invalid"
+    return CaptureResult(
+        namespace,
+        pod,
+        service,
+        kind,
+        Outcome.FAILED,
+        exc.reason,  # invalid-target
+        f"{exc.problem}: {exc.message}",
+        round=loggable(round_id, ""),
+        task_id=task_id,
+    )
 
 
 @dataclass(frozen=True)
@@ -63,19 +244,29 @@ class Target:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Target:
+    def from_dict(cls, data: Any, *, allow_link_local: bool = False) -> Target:
+        """The one way to build a checked target, for discovery and for a message read off the queue.
+
+        Raises :class:`~kprofefe_tasks.domain.errors.InvalidTargetError` (``problem`` says which rule) for anything
+        discovery would not have produced; a valid message is rebuilt exactly (``from_dict(t.to_dict()) == t``).
+        """
+        if not isinstance(data, Mapping):
+            raise _invalid("bad-field", f"target {_shown(data)}: must be an object")
+        for key in ("namespace", "pod", "ip", "port", "service"):
+            if key not in data:
+                raise _invalid("bad-field", f"target has no {key}")
         return cls(
-            namespace=str(data["namespace"]),
-            pod=str(data["pod"]),
-            uid=str(data.get("uid", "")),
-            ip=str(data["ip"]),
-            port=int(data["port"]),
-            path=str(data.get("path", ann.DEFAULT_PATH)),
-            service=str(data["service"]),
-            container=str(data.get("container", "")),
-            node=str(data.get("node", "")),
-            types=tuple(data.get("types", ())),
-            labels=tuple((str(k), str(v)) for k, v in data.get("labels", ())),
+            namespace=_name(data, "namespace", subdomain=False, required=True),
+            pod=_name(data, "pod", subdomain=True, required=True),
+            uid=_text(data.get("uid", ""), "uid", MAX_UID_CHARS),
+            ip=check_ip(data["ip"], allow_link_local=allow_link_local),
+            port=check_port(data["port"]),
+            path=_path(data.get("path", ann.DEFAULT_PATH)),
+            service=_service(data["service"]),
+            container=_name(data, "container", subdomain=False, required=False),
+            node=_name(data, "node", subdomain=True, required=False),
+            types=_types(data.get("types", PROFILE_TYPES)),
+            labels=_labels(data.get("labels", ())),
         )
 
 
@@ -137,7 +328,20 @@ def _choose_container(
     return containers[0] if containers else "the pod has no containers"
 
 
-def pod_to_target(pod: Mapping[str, Any], default_types: Sequence[str]) -> Target | Skip:
+def _declared_ports(spec: Mapping[str, Any]) -> set[int]:
+    """Every port the pod's containers (sidecar init containers too) declare, as containerPort or hostPort."""
+    return {
+        int(p[key])
+        for c in [*(spec.get("containers") or ()), *(spec.get("initContainers") or ())]
+        for p in c.get("ports") or ()
+        for key in ("containerPort", "hostPort")
+        if isinstance(p.get(key), int)
+    }
+
+
+def pod_to_target(
+    pod: Mapping[str, Any], default_types: Sequence[str], rules: TargetRules = DEFAULT_RULES
+) -> Target | Skip:
     """Decide whether and how to capture ``pod``. Every ``Skip`` has a reason a user can act on."""
     metadata = pod.get("metadata") or {}
     spec = pod.get("spec") or {}
@@ -187,6 +391,13 @@ def pod_to_target(pod: Mapping[str, Any], default_types: Sequence[str]) -> Targe
     chosen = _choose_container(containers, wanted_container, port)
     if isinstance(chosen, str):
         return skip("bad-container", chosen)
+    if spec.get("hostNetwork") is True and not rules.hostnetwork_any_port and port not in _declared_ports(spec):
+        # the pod IP is the node's: an undeclared port is some other process on the node (kubelet, an agent)
+        return skip(
+            "host-network-port",
+            f"hostNetwork pod: port {port} is not declared by any of its containers (containerPort/hostPort); "
+            "KPROFEFE_HOSTNETWORK_ANY_PORT=true scrapes it anyway",
+        )
     path = ann.path(annotations)
     if isinstance(path, ann.Invalid):
         return skip(path.reason, path.detail)
@@ -209,16 +420,20 @@ def pod_to_target(pod: Mapping[str, Any], default_types: Sequence[str]) -> Targe
     version = labels.get("app.kubernetes.io/version")
     if version:
         profile_labels["version"] = version
-    return Target(
-        namespace=namespace,
-        pod=name,
-        uid=str(metadata.get("uid", "")),
-        ip=str(ip),
-        port=port,
-        path=path,
-        service=service,
-        container=container,
-        node=node,
-        types=types,
-        labels=tuple(sorted(profile_labels.items())),
-    )
+    data = {
+        "namespace": namespace,
+        "pod": name,
+        "uid": str(metadata.get("uid", "")),
+        "ip": ip,
+        "port": port,
+        "path": path,
+        "service": service,
+        "container": container,
+        "node": node,
+        "types": types,
+        "labels": sorted(profile_labels.items()),
+    }
+    try:
+        return Target.from_dict(data, allow_link_local=rules.allow_link_local)
+    except InvalidTargetError as exc:
+        return skip(exc.problem, exc.message)

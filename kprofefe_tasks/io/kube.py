@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import posixpath
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -21,12 +23,47 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.config import kube_config
 from kubernetes.config.config_exception import ConfigException
 
-from kprofefe_tasks.domain.errors import ConfigError, KprofefeError, PermanentError, SkipError, TemporaryError
+from kprofefe_tasks.domain.errors import (
+    ConfigError,
+    InvalidTargetError,
+    KprofefeError,
+    PermanentError,
+    SkipError,
+    TemporaryError,
+)
+from kprofefe_tasks.domain.targets import check_name, check_port
 
 log = logging.getLogger(__name__)
 
 RUNNING = "status.phase=Running"  # filtered by the API server: Pending/Succeeded pods never reach us
 LIST_TIMEOUT = (5.0, 60.0)  # connect, read (s): one page of 500 pods is well under a MB
+MAX_PROXY_PATH_CHARS = 320  # a base path (at most 256, profefe.com/path) and a profile name
+# Segments of unreserved characters only: no `%` (so no encoded `.`, `/` or `\`, single or double), no `\`, no
+# `?`/`#`/`;`, no empty segment (`//`). A trailing `/` is allowed; `.` and `..` segments are refused separately.
+_PROXY_PATH_RE = re.compile(r"(/[A-Za-z0-9._~-]+)+/?|/")
+
+
+def proxy_resource(namespace: str, pod: str, port: int, path: str) -> str:
+    """``/api/v1/namespaces/<ns>/pods/<pod>:<port>/proxy<path>``, for a path that cannot leave that prefix.
+
+    The API server and every proxy on the way resolve dot segments and may decode escapes, so the path must already
+    be in its normal form: it is refused (never rewritten) when normalising or decoding it would change it.
+    """
+    check_name(namespace, "namespace", subdomain=False)
+    check_name(pod, "pod", subdomain=True)
+    check_port(port)
+    plain = isinstance(path, str) and len(path) <= MAX_PROXY_PATH_CHARS and _PROXY_PATH_RE.fullmatch(path)
+    segments = path.split("/") if isinstance(path, str) else []
+    if not plain or "." in segments or ".." in segments or posixpath.normpath(path) != (path.rstrip("/") or "/"):
+        shown = repr(path[:60]) if isinstance(path, str) else type(path).__name__
+        raise InvalidTargetError(
+            f"proxy path {shown} for {namespace}/{pod}: only a plain absolute path is sent through the API server "
+            "(no '.' or '..' segment, escape, backslash, '//', query or fragment)",
+            problem="bad-path",
+        )
+    return (
+        f"/api/v1/namespaces/{quote(namespace, safe='')}/pods/{quote(pod, safe='')}:{port}/proxy{quote(path, safe='/')}"
+    )
 
 
 @dataclass(frozen=True)
@@ -240,10 +277,7 @@ class Kube:
         a 2xx (the caller reads it with its own caps and releases it), a :class:`ProxiedAnswer` for the pod's own
         error answers, and raises for the API server's errors (pod gone, no rights, pod unreachable).
         """
-        resource = (
-            f"/api/v1/namespaces/{quote(namespace, safe='')}/pods/{quote(pod, safe='')}:{port}/proxy"
-            f"{quote(path, safe='/')}"
-        )
+        resource = proxy_resource(namespace, pod, port, path)  # raises InvalidTargetError before any request
         what = f"proxy to {namespace}/{pod}:{port}"
         try:
             response = self._get(resource, list(params.items()), timeout, "*/*")

@@ -3,7 +3,9 @@
 The Kubernetes door is handed in (``kube``); deciding a pod is the pure :func:`~kprofefe_tasks.domain.targets.
 pod_to_target`. The CLI differs in one thing, on purpose, asked for with ``requested=True``: a pod named on the
 command line is captured even without ``profefe.com/enable: "true"`` (a person asked for it) and even when it fails
-its readiness probe (that is often why someone is looking); its other annotations still apply.
+its readiness probe (that is often why someone is looking); its other annotations still apply, and so do the target
+rules (:class:`~kprofefe_tasks.domain.targets.TargetRules`: no link-local address, a hostNetwork pod only on a
+declared port), which naming a pod does not relax.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any, Protocol
 
 from kprofefe_tasks.domain import annotations as ann
 from kprofefe_tasks.domain.errors import KprofefeError
-from kprofefe_tasks.domain.targets import Skip, Target, pod_to_target
+from kprofefe_tasks.domain.targets import DEFAULT_RULES, Skip, Target, TargetRules, pod_to_target
 
 RUNNING = "status.phase=Running"  # filtered by the API server: Pending/Succeeded pods never reach us
 
@@ -80,14 +82,20 @@ def _as_ready(pod: dict[str, Any]) -> dict[str, Any]:
     return pod
 
 
-def decide(pod: Mapping[str, Any], default_types: Sequence[str], *, requested: bool = False) -> Target | Skip:
+def decide(
+    pod: Mapping[str, Any],
+    default_types: Sequence[str],
+    *,
+    requested: bool = False,
+    rules: TargetRules = DEFAULT_RULES,
+) -> Target | Skip:
     """A target or a skip for one pod; ``requested``: a person named it (see the module's docstring)."""
     if not requested:
-        return pod_to_target(pod, default_types)
+        return pod_to_target(pod, default_types, rules)
     wanted = _as_requested(pod)
-    result = pod_to_target(wanted, default_types)
+    result = pod_to_target(wanted, default_types, rules)
     if isinstance(result, Skip) and result.reason == "not-ready":
-        result = pod_to_target(_as_ready(wanted), default_types)
+        result = pod_to_target(_as_ready(wanted), default_types, rules)
     return result
 
 
@@ -98,6 +106,7 @@ def find(
     types: Sequence[str],
     page_size: int,
     requested: bool = False,
+    rules: TargetRules = DEFAULT_RULES,
 ) -> Found:
     """List the pods in ``scope`` and decide each, once per pod even if listed twice; listing order is kept.
 
@@ -115,7 +124,7 @@ def find(
             if pod is None:
                 found.missing.append(f'pods "{name}" not found in namespace "{namespace}"')
                 continue
-            result = decide(pod, types, requested=True)
+            result = decide(pod, types, requested=True, rules=rules)
             seen[result.key] = result
     else:
         field_selector = RUNNING
@@ -133,7 +142,7 @@ def find(
                     if wanted and name not in wanted:
                         continue
                     names.add(name)
-                    result = decide(pod, types, requested=requested and bool(wanted))
+                    result = decide(pod, types, requested=requested and bool(wanted), rules=rules)
                     seen[result.key] = result
             except KprofefeError as exc:
                 found.errors[listed or "*"] = str(exc)

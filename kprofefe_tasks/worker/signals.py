@@ -67,7 +67,7 @@ def _on_revoked(request: Any = None, expired: bool = False, **_: Any) -> None:
         return
     kwargs = getattr(request, "kwargs", None) or {}
     try:
-        target = Target.from_dict(kwargs["target"])
+        target = Target.from_dict(kwargs["target"], allow_link_local=get_settings().allow_link_local)
     except (KeyError, TypeError, ValueError):
         return
     result = CaptureResult(
