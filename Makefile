@@ -3,13 +3,17 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# One resolution for every platform (markers kept), for the Python the image and CI run; every file hashed.
+LOCK := $(BIN)/uv pip compile --quiet --universal --python-version 3.11 --generate-hashes \
+	--custom-compile-command 'make lock' $(LOCK_FLAGS)
 
-.PHONY: venv deps test unit lint demo demo-once bench clean
+.PHONY: venv deps test unit lint demo demo-once bench clean lock
 
-$(STAMP): pyproject.toml
+# The exact versions CI tested (hash-checked), then the package itself without resolving anything again.
+$(STAMP): pyproject.toml requirements-dev.lock
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q --require-hashes -r requirements-dev.lock
+	$(BIN)/pip install -q --no-deps -e .
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -42,3 +46,14 @@ bench: venv deps
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+
+## Re-resolve the lock files after a change to pyproject.toml (needs PyPI). Pins that still satisfy pyproject.toml
+## are kept; `make lock LOCK_FLAGS=--upgrade` moves everything to the newest allowed versions.
+##   requirements.lock        runtime dependencies: what the image installs
+##   requirements-dev.lock    runtime + the dev extra, same runtime versions: what .venv installs
+##   requirements-build.lock  the build backend (pyproject's build-system.requires), for building the package's wheel
+lock: venv
+	$(LOCK) pyproject.toml -o requirements.lock
+	$(LOCK) pyproject.toml --extra dev -c requirements.lock -o requirements-dev.lock
+	$(BIN)/python -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"], sep="\n")' \
+		| $(LOCK) - -c requirements-dev.lock -o requirements-build.lock
