@@ -9,7 +9,7 @@ STAMP_MIN := $(VENV_MIN)/.installed
 LOCK := $(BIN)/uv pip compile --quiet --universal --python-version 3.11 --generate-hashes \
 	--custom-compile-command 'make lock' $(LOCK_FLAGS)
 
-.PHONY: venv deps test unit lint demo demo-once bench clean lock test-min
+.PHONY: venv deps test unit lint demo demo-once bench clean lock image test-min
 
 # The exact versions CI tested (hash-checked), then the package itself without resolving anything again.
 $(STAMP): pyproject.toml requirements-dev.lock
@@ -53,7 +53,7 @@ clean:
 ## are kept; `make lock LOCK_FLAGS=--upgrade` moves everything to the newest allowed versions.
 ##   requirements.lock        runtime dependencies: what the image installs
 ##   requirements-dev.lock    runtime + the dev extra, same runtime versions: what .venv installs
-##   requirements-build.lock  the build backend (pyproject's build-system.requires), for building the package's wheel
+##   requirements-build.lock  the build backend (pyproject's build-system.requires): what builds the image's wheel
 ##   requirements-min.lock    the lowest versions pyproject.toml allows for direct dependencies: make test-min
 lock: venv
 	$(LOCK) pyproject.toml -o requirements.lock
@@ -61,6 +61,10 @@ lock: venv
 	$(BIN)/python -c 'import tomllib; print(*tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"], sep="\n")' \
 		| $(LOCK) - -c requirements-dev.lock -o requirements-build.lock
 	$(LOCK) pyproject.toml --extra dev --resolution lowest-direct -o requirements-min.lock
+
+## The Docker image (kprofefe-tasks:dev) on a local Debian 12 base; installs Docker and starts dockerd if needed.
+image:
+	scripts/build-image
 
 $(STAMP_MIN): pyproject.toml requirements-min.lock
 	rm -rf $(VENV_MIN)
