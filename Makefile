@@ -75,6 +75,6 @@ $(STAMP_MIN): pyproject.toml requirements-min.lock
 	touch $(STAMP_MIN)
 
 ## The unit and integration tiers again, at the lowest versions pyproject.toml allows (requirements-min.lock), so
-## a floor in pyproject.toml is a tested promise. Chaos tests run once, in `make test`.
+## a floor in pyproject.toml is a tested promise. Chaos and image tests run once, in `make test`.
 test-min: $(STAMP_MIN) deps
-	$(VENV_MIN)/bin/pytest -q -ra -m "not chaos"
+	$(VENV_MIN)/bin/pytest -q -ra -m "not chaos and not image"
