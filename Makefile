@@ -48,7 +48,7 @@ bench: venv deps
 	$(BIN)/python -m bench all
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(VENV_MIN) .pytest_cache .mypy_cache .ruff_cache *.egg-info
 
 ## Re-resolve the lock files after a change to pyproject.toml (needs PyPI). Pins that still satisfy pyproject.toml
 ## are kept; `make lock LOCK_FLAGS=--upgrade` moves everything to the newest allowed versions.
