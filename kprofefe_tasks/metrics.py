@@ -43,6 +43,17 @@ REDIS_REFUSALS = Counter(
     "Redis commands that failed: kind oom (maxmemory reached, writes refused) or unavailable; op says what for.",
     ["kind", "op"],
 )
+LEASE_RENEWALS = Counter(
+    "kprofefe_lease_renewals_total", "Renewals of the leases on the messages this worker holds, by result.", ["result"]
+)
+LEASES_HELD = Gauge("kprofefe_leases_held", "Messages this worker held unacknowledged at its last lease renewal.")
+REDELIVERED = Counter(
+    "kprofefe_redelivered_total", "Messages whose lease ended (their worker died) handed back to the queue here."
+)
+DELAYED_PROMOTED = Counter(
+    "kprofefe_delayed_promoted_total", "Spread captures moved from the delayed set to the queue at their offset."
+)
+DELAYED = Gauge("kprofefe_delayed_captures", "Spread captures waiting in Redis for their offset (the delayed set).")
 SPOOL_DROPPED = Counter("kprofefe_spool_dropped_total", "Spooled profiles dropped to stay under the cap.")
 
 

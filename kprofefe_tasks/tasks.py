@@ -108,7 +108,6 @@ def discover(
         cpu_seconds=seconds,
         spread=spread,
         read_margin=settings.read_margin,
-        visibility_timeout=settings.visibility_timeout,
         capture_expires=settings.capture_expires,
     )
     round_id = uuid.uuid4().hex[:12]

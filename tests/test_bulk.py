@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -14,7 +15,7 @@ import redis
 from kprofefe_tasks import tasks
 from kprofefe_tasks.domain.targets import Target
 from kprofefe_tasks.pipeline import discovery
-from kprofefe_tasks.worker import bulk, fanout
+from kprofefe_tasks.worker import bulk, delayed, fanout
 from kprofefe_tasks.worker.app import CAPTURE_QUEUE, app
 
 pytestmark = pytest.mark.integration
@@ -40,17 +41,24 @@ def _comparable(message: dict[str, Any]) -> dict[str, Any]:
     return message
 
 
+def _delayed(client: redis.Redis) -> list[tuple[dict[str, Any], float]]:
+    """The spread messages waiting in the delayed set, with when each is due (epoch seconds), earliest first."""
+    return [
+        (json.loads(raw), score) for raw, score in client.zrange(delayed.key(CAPTURE_QUEUE), 0, -1, withscores=True)
+    ]
+
+
 def test_bulk_messages_match_apply_async(redis_client: redis.Redis) -> None:
     kwargs = {"target": {"namespace": "web", "pod": "api-0"}, "ptype": "heap", "round_id": "r1", "cpu_seconds": 10}
     before = datetime.now().astimezone()
     tasks.capture.apply_async(
-        kwargs=kwargs, kwargsrepr="web/api-0 heap", queue=CAPTURE_QUEUE, countdown=5, expires=60, ignore_result=True
+        kwargs=kwargs, kwargsrepr="web/api-0 heap", queue=CAPTURE_QUEUE, expires=60, ignore_result=True
     )
     published = bulk.publish(
         app,
         tasks.capture.name,
         CAPTURE_QUEUE,
-        [bulk.Message(kwargs=kwargs, kwargsrepr="web/api-0 heap", countdown=5, expires=60)],
+        [bulk.Message(kwargs=kwargs, kwargsrepr="web/api-0 heap", expires=60)],
     )
     assert published == 1
     reference, ours = _queued(redis_client)
@@ -60,10 +68,33 @@ def test_bulk_messages_match_apply_async(redis_client: redis.Redis) -> None:
     assert ours["headers"]["id"] == ours["headers"]["root_id"] == ours["properties"]["correlation_id"]
     assert ours["properties"]["delivery_tag"] != ours["headers"]["id"]
     for message in (reference, ours):
-        eta = datetime.fromisoformat(message["headers"]["eta"])
+        assert message["headers"]["eta"] is None
         expires = datetime.fromisoformat(message["headers"]["expires"])
-        assert timedelta(seconds=4) < eta - before < timedelta(seconds=15)
         assert timedelta(seconds=55) < expires - before < timedelta(seconds=70)
+
+
+def test_a_spread_message_waits_in_the_delayed_set_without_an_eta_and_is_moved_once_when_due(
+    redis_client: redis.Redis,
+) -> None:
+    kwargs = {"target": {"namespace": "web", "pod": "api-0"}, "ptype": "heap", "round_id": "r1", "cpu_seconds": 10}
+    start = time.time()
+    messages = [bulk.Message(kwargs=kwargs, kwargsrepr="web/api-0 heap", countdown=c, expires=c + 60) for c in (5, 9)]
+    assert bulk.publish(app, tasks.capture.name, CAPTURE_QUEUE, messages) == 2
+    assert _queued(redis_client) == []  # nothing a worker could take (and hold) yet
+    waiting = _delayed(redis_client)
+    assert [round(due - start) for _, due in waiting] == [5, 9]
+    for message, due in waiting:
+        assert message["headers"]["eta"] is None  # a worker runs it as soon as it has it
+        expires = datetime.fromisoformat(message["headers"]["expires"]).timestamp()
+        assert abs(expires - due - 60) < 1  # absolute: the interval after it is due, as with an eta
+    # what is due moves to the queue in due order, once, however many workers run the script
+    assert delayed.promote(redis_client, CAPTURE_QUEUE, now=start) == 0
+    assert delayed.promote(redis_client, CAPTURE_QUEUE, now=start + 6) == 1
+    assert delayed.promote(redis_client, CAPTURE_QUEUE, now=start + 6) == 0
+    assert delayed.promote(redis_client, CAPTURE_QUEUE, now=start + 10) == 1
+    moved = _queued(redis_client)
+    assert [m["headers"]["id"] for m in moved] == [m["headers"]["id"] for m, _ in waiting]
+    assert delayed.waiting(redis_client, CAPTURE_QUEUE) == 0
 
 
 def test_bulk_keeps_order_and_splits_batches(redis_client: redis.Redis) -> None:
@@ -122,25 +153,34 @@ def test_fan_out_queues_cpu_first_the_same_on_both_paths(redis_client: redis.Red
         assert bulk.supported(app) == (not sent_events)
         queued = fanout.fan_out(tasks.app, targets, round_id="r9", cpu_seconds=7, expires_in=120, spread_window=30)
     assert queued == 9
-    messages = _queued(redis_client)
+    if sent_events:  # apply_async: Celery ETA tasks on the queue
+        messages = _queued(redis_client)
+        dues = [datetime.fromisoformat(m["headers"]["eta"]).timestamp() for m in messages]
+    else:  # bulk: the spread ones wait in the delayed set, scored with when they are due; none has an eta
+        entries = _delayed(redis_client)
+        assert len(entries) == 9 and _queued(redis_client) == [], "every offset in a 30 s window is > 0 here"
+        entries.sort(key=lambda entry: json.loads(base64.b64decode(entry[0]["body"]))[1]["ptype"] != "cpu")
+        assert all(m["headers"]["eta"] is None for m, _ in entries)
+        messages, dues = [m for m, _ in entries], [due for _, due in entries]
     bodies = [json.loads(base64.b64decode(m["body"]))[1] for m in messages]
-    assert [(b["target"]["pod"], b["ptype"]) for b in bodies] == [
+    expected_order = [
         *[(f"api-{n}", "cpu") for n in range(3)],
         *[(f"api-{n}", t) for n in range(3) for t in ("heap", "goroutine")],
     ]
+    pairs = [(b["target"]["pod"], b["ptype"]) for b in bodies]
+    assert pairs == expected_order if sent_events else sorted(pairs) == sorted(expected_order)
     assert all(b["round_id"] == "r9" and b["cpu_seconds"] == 7 for b in bodies)
     assert Target.from_dict(bodies[0]["target"]) == targets[0]
-    for message, body in zip(messages, bodies, strict=True):
+    for message, body, due in zip(messages, bodies, dues, strict=True):
         headers = message["headers"]
         assert headers["task"] == "kprofefe.capture"
         assert headers["ignore_result"] is True
         assert body["target"]["pod"] in headers["kwargsrepr"]
-        # spread: a stable offset within the window, and the message expires that long after it
+        # spread: a stable offset within the window, and the message expires that long after it is due
         offset = discovery.spread_offset(f"web/{body['target']['pod']}/{body['ptype']}", 30)
-        eta = datetime.fromisoformat(headers["eta"])
-        expires = datetime.fromisoformat(headers["expires"])
-        assert abs((eta - before).total_seconds() - offset) < 2
-        assert abs((expires - eta).total_seconds() - 120) < 1
+        expires = datetime.fromisoformat(headers["expires"]).timestamp()
+        assert abs(due - before.timestamp() - offset) < 2
+        assert abs(expires - due - 120) < 1
 
 
 def test_message_bodies_are_json_dumps_byte_for_byte() -> None:

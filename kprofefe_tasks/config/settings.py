@@ -193,12 +193,30 @@ class Settings:
         ),
     )
     visibility_timeout: int = field(
-        default=300,
+        default=40,
         metadata=_doc(
-            "Redis broker: a task unacknowledged this long (its worker died) is redelivered. Must exceed "
-            "the longest capture plus its upload retries (30 s window + 10 s margin + about 2 min of "
-            "retries), and stay below the schedule interval so a dead worker's captures are re-taken "
-            "before they expire.",
+            "Redis broker: the lease on a message a worker holds. Each worker renews the leases of everything it "
+            "holds every quarter of this, so a running capture is never handed out again however long it takes; "
+            "a dead worker's captures are handed back this long after its last renewal, plus one sweep (a quarter "
+            "of it): 50 s with the default. With `KPROFEFE_LEASES=off` nothing is renewed and this must exceed the "
+            "longest capture (the start-up check says by how much).",
+            "s",
+        ),
+    )
+    leases: str = field(
+        default="auto",
+        metadata=_doc(
+            "`auto`: Redis broker workers renew the leases on the messages they hold (needs the kombu minor version "
+            "`kprofefe_tasks/worker/compat.py` names; otherwise off with a warning). `off`: no renewal; a message "
+            "is redelivered once `KPROFEFE_VISIBILITY_TIMEOUT` passes, running or not."
+        ),
+    )
+    amqp_consumer_timeout: int = field(
+        default=1800,
+        metadata=_doc(
+            "AMQP broker: RabbitMQ's `consumer_timeout` (its default: 30 min). RabbitMQ closes the channel of a "
+            "consumer holding a message unacknowledged this long and redelivers everything on it, so the longest "
+            "capture must end well before it (checked at start-up). Set it to what the broker is configured with.",
             "s",
         ),
     )
@@ -312,9 +330,14 @@ class Settings:
         return self.cpu_deadline(cpu_seconds) + self.connect_timeout + self.upload_bound()
 
     def redelivery_bound(self) -> float:
-        """The longest a dead worker's capture waits before it is handed to another (Redis: the visibility timeout
-        plus one sweep of the unacked-task sweeper)."""
-        return self.visibility_timeout * 1.25
+        """The longest a dead worker's capture waits before it is handed to another (Redis: the lease, i.e. the
+        visibility timeout, from its worker's last renewal, plus one sweep of the unacked-task sweeper; AMQP: at once,
+        when the broker sees the connection drop)."""
+        return self.visibility_timeout + self.sweep_interval()
+
+    def sweep_interval(self) -> float:
+        """How often each worker hands back captures whose lease ended, and renews its own."""
+        return max(1.0, self.visibility_timeout / 4)
 
     def hand_round_ttl(self) -> int:
         """Lifetime of the ledger of a capture queued by hand (no round): it may wait, come back and run."""

@@ -201,15 +201,15 @@ def plan_round(
     cpu_seconds: int,
     spread: bool,
     read_margin: float,
-    visibility_timeout: float,
     capture_expires: float,
 ) -> RoundPlan:
     """Cap the targets, and time the captures: with an interval they expire with it, and may spread over it."""
     targets, over = limit_targets(found.targets, max_targets)
     if interval:
         expires_in = float(interval)
-        # Spread over the part of the interval where a CPU window still ends before the next round.
-        window = max(0.0, min(float(interval) - cpu_seconds - read_margin, visibility_timeout / 2))
+        # Spread over the part of the interval where a CPU window still ends before the next round. The whole of
+        # it: waiting captures are in Redis's delayed set, or ETA tasks under a lease (worker/delayed.py, leases.py).
+        window = max(0.0, float(interval) - cpu_seconds - read_margin)
     else:
         expires_in, window = float(capture_expires), 0.0
     return RoundPlan(targets, [*found.skips, *over], expires_in, window if spread else 0.0)

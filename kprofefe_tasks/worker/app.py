@@ -7,17 +7,21 @@ from typing import Any
 from celery import Celery
 
 from kprofefe_tasks.config.settings import Settings, get_settings
-from kprofefe_tasks.worker import compat, events, transport
+from kprofefe_tasks.worker import compat, events, leases, transport
 
 DISCOVERY_QUEUE = "discovery"  # its own queue: a capture backlog never delays discovery
 CAPTURE_QUEUE = "capture"
+UNACKED_MUTEX_EXPIRE_S = 15
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     transport = {
-        # An unacknowledged task (its worker died) is redelivered after this; it must exceed the longest capture
-        # plus its upload retries, or live tasks get run twice.
+        # An unacknowledged task whose lease was not renewed this long (its worker died) is redelivered
+        # (worker/leases.py); without leases it must exceed the longest capture (config/bounds.py checks it).
         "visibility_timeout": settings.visibility_timeout,
+        # The mutex a sweeper holds while it restores; kombu's 5 min would, after a worker SIGKILLed mid-sweep,
+        # hold every dead worker's captures that long. A sweep restores 1,000 messages in well under a second.
+        "unacked_mutex_expire": UNACKED_MUTEX_EXPIRE_S,
         # kombu's Redis channel allows 10 connections by default and raises (it does not wait) past them; a gevent
         # worker acknowledging hundreds of captures at once hit that, dropped its connection and restored every
         # unacknowledged capture (measured in bench/: the round's CPU captures ran twice).
@@ -80,6 +84,10 @@ def create_app(settings: Settings | None = None) -> Celery:
         # CELERY_BROKER_URL (what `celery -b` sets) wins over ours, and may name another broker.
         celery_app.conf.broker_transport = transport.transport_for(str(celery_app.conf.broker_url))
         celery_app.steps["consumer"].add(events.TaskEventBatches)  # task events in batches under gevent and threads
+    # Renew the leases on what each worker holds, so a capture still running is never handed out again.
+    celery_app.conf.kprofefe_leases = compat.leases(settings.leases, str(celery_app.conf.broker_url))
+    if celery_app.conf.kprofefe_leases:
+        celery_app.steps["consumer"].add(leases.Leases)
     import beat_schedule  # the top-level, operator-facing schedule module
 
     celery_app.conf.beat_schedule = beat_schedule.build(settings)

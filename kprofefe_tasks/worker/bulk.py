@@ -20,13 +20,16 @@ import logging
 import re
 import time
 import uuid
+from collections import deque
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis
 from celery import Celery
+
+from kprofefe_tasks.worker import delayed
 
 log = logging.getLogger("kprofefe.bulk")
 
@@ -152,6 +155,10 @@ def _time(now: datetime, seconds: float) -> str:
 def publish(app: Celery, task_name: str, queue: str, messages: Iterable[Message], batch: int = 500) -> int:
     """Queue every message on ``queue``, ``batch`` per Redis command, in order; returns how many.
 
+    A message with a ``countdown`` is not given Celery's ``eta``: it waits in Redis, in the delayed set
+    (:mod:`~kprofefe_tasks.worker.delayed`), scored with the time it is due, and workers move it to the queue then;
+    so no worker holds it unacknowledged meanwhile. Its ``expires`` is absolute, counted from now as before.
+
     A batch that fails on a connection error is sent again, as Celery's publish retry policy says
     (``task_publish_retry_policy``: by default 3 more tries within about a second). Sending again is at least once:
     if Redis had applied the batch before the connection broke, its captures are queued twice, a batch apart. The
@@ -162,30 +169,52 @@ def publish(app: Celery, task_name: str, queue: str, messages: Iterable[Message]
     """
     policy = {**DEFAULT_RETRY_POLICY, **(app.conf.task_publish_retry_policy or {})}
     count = 0
+    start = time.time()
+    countdowns: deque[float] = deque()
+
+    def without_eta() -> Iterator[Message]:
+        for message in messages:
+            countdowns.append(message.countdown)
+            yield replace(message, countdown=0.0) if message.countdown > 0 else message
+
     with app.producer_or_acquire() as producer:
         producer.maybe_declare(app.amqp.queues[queue])  # the binding kombu's consumers look up
         client = producer.channel.client  # kombu's own Redis client: same URL, pool and transport options
         pending: list[str] = []
-        for _, wire in encode(app, task_name, queue, messages):
-            pending.append(wire)
-            if len(pending) >= batch:
-                count += push(client, queue, pending, policy)
+        due: dict[str, float] = {}  # spread messages -> when due: scores of the delayed set
+        for _, wire in encode(app, task_name, queue, without_eta(), now=datetime.fromtimestamp(start, UTC)):
+            countdown = countdowns.popleft()
+            if countdown > 0:
+                due[wire] = start + countdown
+                if len(due) >= batch:
+                    count += push(client, delayed.key(queue), due, policy)
+            else:
+                pending.append(wire)
+                if len(pending) >= batch:
+                    count += push(client, queue, pending, policy)
         count += push(client, queue, pending, policy)
+        count += push(client, delayed.key(queue), due, policy)
     return count
 
 
 DEFAULT_RETRY_POLICY = {"max_retries": 3, "interval_start": 0.0, "interval_step": 0.2, "interval_max": 1.0}
 
 
-def push(client: Any, queue: str, wires: list[str], policy: dict[str, Any] = DEFAULT_RETRY_POLICY) -> int:
+def push(
+    client: Any, queue: str, wires: list[str] | dict[str, float], policy: dict[str, Any] = DEFAULT_RETRY_POLICY
+) -> int:
     """One ``LPUSH queue m1 m2 ...`` (the same list as one LPUSH per message, kombu's way, in one command; workers
-    BRPOP from the other end, so ``m1`` still runs first), retried on connection errors; empties ``wires``."""
+    BRPOP from the other end, so ``m1`` still runs first), or for a dict of message -> due time one ``ZADD`` to a
+    delayed set; retried on connection errors; empties ``wires``."""
     if not wires:
         return 0
     wait = float(policy["interval_start"])
     for attempt in range(int(policy["max_retries"]) + 1):
         try:
-            client.lpush(queue, *wires)
+            if isinstance(wires, dict):
+                client.zadd(queue, wires)
+            else:
+                client.lpush(queue, *wires)
             break
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             if attempt >= int(policy["max_retries"]):

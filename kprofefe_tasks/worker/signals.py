@@ -12,12 +12,18 @@ from kprofefe_tasks import logs, metrics
 from kprofefe_tasks.config.settings import get_settings
 from kprofefe_tasks.domain.outcomes import CaptureResult, Outcome, Reason
 from kprofefe_tasks.domain.targets import Target
-from kprofefe_tasks.worker import drainer, sweeper
-from kprofefe_tasks.worker.app import app
+from kprofefe_tasks.worker import delayed, drainer, startup, sweeper
+from kprofefe_tasks.worker.app import CAPTURE_QUEUE, app
 from kprofefe_tasks.worker.report import record
 from kprofefe_tasks.worker.runtime import runtime
 
 _stop_threads = threading.Event()
+
+
+@signals.worker_init.connect
+def _check_bounds(**_: Any) -> None:
+    """Refuse to start when a capture could outlive the broker's redelivery (SystemExit passes Celery's handler)."""
+    startup.check()
 
 
 @signals.worker_init.connect
@@ -30,15 +36,22 @@ def _serve_metrics(**_: Any) -> None:
 
 
 @signals.worker_ready.connect
-def _on_worker_ready(**_: Any) -> None:
+def _on_worker_ready(sender: Any = None, **_: Any) -> None:
     settings = get_settings()
-    if settings.broker_url.startswith(("redis://", "rediss://", "unix://")):
+    if settings.broker_url.startswith(("redis://", "rediss://", "unix://", "sentinel://")):
         threading.Thread(
             target=sweeper.sweep_forever,
-            args=(app, _stop_threads, max(1.0, settings.visibility_timeout / 4)),
+            args=(app, _stop_threads, settings.sweep_interval()),
             name="kprofefe-unacked-sweep",
             daemon=True,
         ).start()
+        if CAPTURE_QUEUE in _consumed_queues(sender):
+            threading.Thread(
+                target=delayed.promote_forever,
+                args=(app, _stop_threads, CAPTURE_QUEUE),
+                name="kprofefe-delayed",
+                daemon=True,
+            ).start()
     if settings.profefe_url:
         threading.Thread(
             target=drainer.drain_forever,
@@ -46,6 +59,13 @@ def _on_worker_ready(**_: Any) -> None:
             name="kprofefe-spool-drain",
             daemon=True,
         ).start()
+
+
+def _consumed_queues(consumer: Any) -> set[str]:
+    try:
+        return set(consumer.app.amqp.queues.consume_from)
+    except AttributeError:  # not a worker's consumer: assume every queue
+        return {CAPTURE_QUEUE}
 
 
 @signals.worker_shutdown.connect

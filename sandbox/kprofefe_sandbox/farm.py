@@ -131,6 +131,8 @@ class Target:
     size: int = HUGE_BODY_DEFAULT_BYTES
     """Bytes streamed by HUGE_BODY, inflated size of GZIP_BOMB."""
     drip_interval_s: float = DRIP_INTERVAL_S
+    snapshot_delay_s: float = 0.0
+    """GO: a snapshot (heap, goroutine, ...) is answered this long after it was asked, as by a busy service."""
     write_timeout_s: float = 0.0
     """Emulates ``http.Server.WriteTimeout``: ``seconds`` at or above it get Go's 400. 0 = none, as in Go."""
     requests: collections.Counter[str] = field(default_factory=collections.Counter)
@@ -556,7 +558,7 @@ class PprofFarm:
         farm runs, so ``target.port`` is real even for ``port=0``."""
         target = Target(host, port, path, behavior)
         for name, value in options.items():
-            if name not in ("size", "drip_interval_s", "write_timeout_s"):
+            if name not in ("size", "drip_interval_s", "write_timeout_s", "snapshot_delay_s"):
                 raise TypeError(f"unknown target option {name!r}")
             setattr(target, name, type(getattr(target, name))(value))
         if self._loop is not None:
@@ -864,8 +866,10 @@ class PprofFarm:
                 conn.keep_alive = False
         elif debug != 0:
             await conn.send(200, "text/plain; charset=utf-8", debug_text(name, debug), [nosniff])
-        else:
+        elif target.snapshot_delay_s <= 0 or await conn.sleep(target.snapshot_delay_s):
             await conn.send(200, "application/octet-stream", body, [nosniff, _attachment(name)])
+        else:
+            conn.keep_alive = False
 
     async def _serve_huge(self, target: Target, conn: _Conn) -> None:
         if not await conn.start_stream(200, "application/octet-stream"):
