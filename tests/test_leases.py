@@ -9,6 +9,7 @@ what the pods were asked, not what the workers logged:
   (pod, type) once;
 - a worker SIGKILLed in the middle of its captures, with the default lease: the time until its captures ask the
   pods again, measured, within 60 s on Redis and a few seconds on RabbitMQ;
+- a spread round: the captures wait in Redis's delayed set, not in a worker, and each starts at its offset;
 - a configuration in which a capture could outlive the broker's redelivery: the worker does not start, and says
   which variables to change.
 """
@@ -27,7 +28,9 @@ from celery import Celery
 from kprofefe_sandbox.processes import CeleryProcess, worker_args
 
 from kprofefe_tasks.config.settings import Settings
-from kprofefe_tasks.worker.app import DISCOVERY_QUEUE, celery_config
+from kprofefe_tasks.pipeline import discovery
+from kprofefe_tasks.worker import delayed
+from kprofefe_tasks.worker.app import CAPTURE_QUEUE, DISCOVERY_QUEUE, celery_config
 from tests.test_chaos import Sandbox, open_sandbox, round_complete, stored_counts, wait_for
 
 pytestmark = [pytest.mark.chaos, pytest.mark.integration]
@@ -201,3 +204,41 @@ def test_a_worker_whose_captures_could_outlive_the_redelivery_timeout_does_not_s
     for name in ("KPROFEFE_VISIBILITY_TIMEOUT=20", "KPROFEFE_LEASES=off", "KPROFEFE_UPLOAD_ATTEMPTS", "KPROFEFE_CPU"):
         assert name in output, (name, output)
     assert "ready." not in output  # never consumed anything
+
+
+@pytest.mark.timeout(180)
+def test_a_spread_round_waits_in_redis_not_in_a_worker_and_each_capture_starts_at_its_offset(
+    sandbox: Sandbox,
+) -> None:
+    box = sandbox
+    types = ("heap", "goroutine")
+    targets = {f"spread-{i}": box.add_pod(f"spread-{i}", host=f"127.77.12.{i}") for i in range(1, 5)}
+    box.worker()
+    interval, cpu_seconds, margin = 20.0, 1, 3.0  # the sandbox's KPROFEFE_READ_MARGIN
+    window = interval - cpu_seconds - margin
+    started = time.time()
+    summary = box.discover(namespaces=["chaos"], types=list(types), interval=interval, spread=True)
+    due = {(pod, t): started + discovery.spread_offset(f"chaos/{pod}/{t}", window) for pod in targets for t in types}
+    asked: dict[tuple[str, str], float] = {}
+    waiting_unheld = False
+    client = box.redis.client()
+    try:
+        end = time.monotonic() + 90
+        while len(asked) < len(due) or not round_complete(box.report(summary["round"])):
+            assert time.monotonic() < end, f"{asked} {box.report(summary['round'])}\n{box.logs()}"
+            now = time.time()
+            for pod, target in targets.items():
+                for t in types:
+                    if target.requests[t] and (pod, t) not in asked:
+                        asked[(pod, t)] = now
+            if client.zcard(delayed.key(CAPTURE_QUEUE)) and not client.zcard("unacked_index"):
+                waiting_unheld = True  # captures still to come, and the worker holds none of them
+            time.sleep(0.05)
+    finally:
+        client.close()
+    assert waiting_unheld, "the spread captures were never seen waiting in Redis while the worker held none"
+    for key, when in asked.items():
+        # never before its offset; after it by the promoter's tick, the queue and this loop's poll on 2 cores
+        assert -0.5 <= when - due[key] <= 6, (key, when - due[key])
+    assert stored_counts(box.profefe) == {key: 1 for key in due}
+    assert all(dict(t.requests) == dict.fromkeys(types, 1) for t in targets.values())

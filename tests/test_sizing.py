@@ -17,7 +17,7 @@ from kprofefe_tasks.config import sizing
 from kprofefe_tasks.coordination.rounds import Rounds
 from kprofefe_tasks.domain.delivery import capture_id_for
 from kprofefe_tasks.domain.targets import Target
-from kprofefe_tasks.worker import fanout
+from kprofefe_tasks.worker import delayed, fanout
 from kprofefe_tasks.worker.app import CAPTURE_QUEUE, app
 from tests.conftest import TEST_BROKER
 
@@ -52,16 +52,24 @@ def realistic_target(i: int) -> Target:
 
 
 @pytest.mark.integration
-def test_a_queued_capture_and_a_held_one_fit_the_sizing_figure(redis_client: redis.Redis) -> None:
+def test_a_queued_capture_a_delayed_one_and_a_held_one_fit_the_sizing_figure(redis_client: redis.Redis) -> None:
     targets = [realistic_target(i) for i in range(PODS)]
-    queued = fanout.fan_out(app, targets, round_id="0123456789ab", cpu_seconds=30, expires_in=600, spread_window=300)
-    assert queued == PODS * 6
+    # spread: every capture waits for its offset in the delayed set (a sorted set: more bytes than a list entry)
+    spread = fanout.fan_out(app, targets, round_id="0123456789ab", cpu_seconds=30, expires_in=600, spread_window=300)
+    assert spread == PODS * 6
+    waiting = redis_client.memory_usage(delayed.key(CAPTURE_QUEUE), samples=0)
+    assert waiting is not None
+    per_delayed = waiting / spread
+    assert per_delayed <= sizing.QUEUED_CAPTURE_BYTES, per_delayed
+    redis_client.delete(delayed.key(CAPTURE_QUEUE))
+
+    queued = fanout.fan_out(app, targets, round_id="0123456789ab", cpu_seconds=30, expires_in=600)
     listed = redis_client.memory_usage(CAPTURE_QUEUE, samples=0)
     assert listed is not None
     per_queued = listed / queued
     assert per_queued <= sizing.QUEUED_CAPTURE_BYTES, per_queued
 
-    # a worker holding them (a spread capture waiting for its offset, or running): kombu's unacked hash and index
+    # a worker holding them (running, or an ETA capture of apply_async): kombu's unacked hash and index
     with Connection(TEST_BROKER) as conn:
         held = conn.SimpleQueue(CAPTURE_QUEUE, no_ack=False)
         messages = [held.get(block=False) for _ in range(queued)]
@@ -70,6 +78,7 @@ def test_a_queued_capture_and_a_held_one_fit_the_sizing_figure(redis_client: red
         per_held = unacked / queued
         assert per_held <= sizing.QUEUED_CAPTURE_BYTES, per_held
         held.close()
+    print(f"bytes per capture: queued {per_queued:.0f}, delayed {per_delayed:.0f}, held {per_held:.0f}")
 
 
 @pytest.mark.integration

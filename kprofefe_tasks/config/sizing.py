@@ -5,8 +5,9 @@ written here) and by the soak benchmark over many rounds (``python -m bench soak
 
     maxmemory ≈ (BASE + pods * ROUNDS_QUEUED * types * (QUEUED_CAPTURE + LEDGER_CAPTURE)) * HEADROOM
 
-- A queued capture is one broker message, in the ``capture`` list or, once a worker holds it (a spread capture
-  waiting for its offset, or running), in kombu's ``unacked`` hash and index: the same bytes either way.
+- A queued capture is one broker message: in the ``capture`` list; or, spread and waiting for its offset, in the
+  delayed set (``kprofefe:delayed:capture``); or, once a worker holds it (running), in kombu's ``unacked`` hash
+  and index: about the same bytes each way.
 - A running round keeps one ledger field per capture; a complete round keeps a summary of a few hundred bytes,
   whatever its size, for the redelivery bound only (``kprofefe_tasks.coordination.rounds``).
 - With captures spread over the interval, round N's last captures are still queued when round N+1 is fanned out:
@@ -30,7 +31,8 @@ MB = 1000 * 1000
 MIB = 1024 * 1024
 
 QUEUED_CAPTURE_BYTES = 2_400
-"""A capture message with realistic labels: 2,058 B queued, 2,264 B held unacknowledged (tests/test_sizing.py)."""
+"""A capture message with realistic labels: 2,058 B queued, 2,135 B delayed, 2,264 B held unacknowledged
+(tests/test_sizing.py)."""
 LEDGER_CAPTURE_BYTES = 120
 """A running round's ledger field for one capture: 99 B measured (tests/test_sizing.py)."""
 ROUNDS_QUEUED = 2
