@@ -74,3 +74,30 @@ def test_the_docs_state_the_figure_the_code_has(doc: str, pattern: str, source: 
     found = [float(m) for m in re.findall(pattern, text)]
     assert found, f"{doc}: no match for {pattern!r} (reworded? update the claim here)"
     assert set(found) == {float(source())}, (doc, pattern, found, source())
+
+
+def test_the_rabbitmq_overlay_tells_the_workers_the_consumer_timeout_the_broker_has() -> None:
+    docs = list(yaml.safe_load_all((ROOT / "deploy/components/rabbitmq/broker-env.yaml").read_text()))
+    values = {
+        env["value"]
+        for doc in docs
+        for container in doc["spec"]["template"]["spec"]["containers"]
+        for env in container.get("env") or ()
+        if env["name"] == "KPROFEFE_AMQP_CONSUMER_TIMEOUT"
+    }
+    assert values == {str(int(_rabbit_consumer_timeout_h() * 3600))}, values
+
+
+def test_the_stated_redelivery_bound_is_the_default_lease_plus_a_sweep() -> None:
+    bound = DEFAULTS.redelivery_bound()
+    assert bound == DEFAULTS.visibility_timeout * 1.25  # the lease, and one sweep a quarter of it
+    claims = {
+        "README.md": [r"\((\d+) s with the defaults; measured", r"dead worker's captures within (\d+) s"],
+        "deploy/README.md": [r"plus a quarter of it \((\d+) s\)"],
+        "deploy/base/capture.yaml": [r"a quarter of it \((\d+) s\)"],
+    }
+    for doc, patterns in claims.items():
+        text = " ".join((ROOT / doc).read_text().replace("#", " ").split())
+        for pattern in patterns:
+            found = {float(m) for m in re.findall(pattern, text)}
+            assert found == {bound}, (doc, pattern, found)
