@@ -2,7 +2,10 @@
 write ``bench/results/latest.json``. Exit status 1 when a goal is missed or a count does not add up.
 
 ``python -m bench soak [--quick] ...``: many rounds fired by the real celery beat, one line per round and a
-verdict on what grows (``bench/soak.py``, its own options: ``python -m bench soak --help``)."""
+verdict on what grows (``bench/soak.py``, its own options: ``python -m bench soak --help``).
+
+``python -m bench leases``: the CPU the lease renewal, the sweep and the delayed-set mover cost a worker
+(``bench/leases.py``)."""
 
 from __future__ import annotations
 
@@ -33,6 +36,10 @@ def main(argv: list[str] | None = None) -> int:
         from bench import soak
 
         return soak.main(args_in[1:])
+    if args_in[:1] == ["leases"]:
+        from bench import leases
+
+        return leases.main(args_in[1:])
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("scenarios", nargs="*", default=["all"], choices=["all", *ORDER], metavar="SCENARIO")
     parser.add_argument("--runs", type=int, default=1, help="runs of each scenario (default: %(default)s)")
