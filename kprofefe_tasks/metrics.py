@@ -12,6 +12,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
+from kprofefe_tasks.io.spool import DROP_REASONS
+
 log = logging.getLogger(__name__)
 
 CAPTURES = Counter(
@@ -54,7 +56,14 @@ DELAYED_PROMOTED = Counter(
     "kprofefe_delayed_promoted_total", "Spread captures moved from the delayed set to the queue at their offset."
 )
 DELAYED = Gauge("kprofefe_delayed_captures", "Spread captures waiting in Redis for their offset (the delayed set).")
-SPOOL_DROPPED = Counter("kprofefe_spool_dropped_total", "Spooled profiles dropped to stay under the cap.")
+SPOOL_DROPPED = Counter(
+    "kprofefe_spool_dropped_total",
+    "Profiles the spool dropped or could not keep, by reason: over-size (the cap), corrupt (unreadable metadata, "
+    "payload missing or truncated), orphan (a payload without metadata), full and error (a write refused).",
+    ["reason"],
+)
+for _reason in DROP_REASONS:  # every series exists from the start, at 0, so rate() and alerts see the first drop
+    SPOOL_DROPPED.labels(_reason)
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -7,6 +7,7 @@ The integration and chaos tiers run the same tree inside real workers.
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +20,7 @@ from kprofefe_tasks.domain.errors import (
     KprofefeError,
     PermanentError,
     SkipError,
+    SpoolError,
     TemporaryError,
     UnreachableError,
 )
@@ -173,12 +175,17 @@ class FakeEntry:
 class FakeSpool:
     put_: list[Delivery] = field(default_factory=list)
     rejected: list[tuple[Delivery, str]] = field(default_factory=list)
+    error: Exception | None = None  # what a write raises (the real spool's failures: tests/test_spool.py)
 
     def put(self, delivery: Delivery) -> FakeEntry:
+        if self.error is not None:
+            raise self.error
         self.put_.append(delivery)
         return FakeEntry(f"e{len(self.put_)}")
 
     def reject(self, delivery: Delivery, error: str) -> FakeEntry:
+        if self.error is not None:
+            raise self.error
         self.rejected.append((delivery, error))
         return FakeEntry(f"r{len(self.rejected)}")
 
@@ -361,6 +368,43 @@ ROWS = [
         rejected=1,
         marked=True,
     ),
+    Row(
+        "profefe down, the spool's disk full",
+        _set(
+            sink__error=TemporaryError("down", reason="profefe-unreachable"),
+            spool__error=SpoolError("No space left on device", reason="spool-full"),
+        ),
+        ("failed", "spool-full"),
+    ),
+    Row(
+        "profefe down, the spool read-only",
+        _set(
+            sink__error=TemporaryError("down", reason="profefe-unreachable"),
+            spool__error=SpoolError("Read-only file system", reason="spool-error"),
+        ),
+        ("failed", "spool-error"),
+    ),
+    Row(
+        "profefe refuses, rejected/ full",
+        _set(
+            sink__error=PermanentError("400", reason="profefe-error"),
+            spool__error=SpoolError("No space left on device", reason="spool-full"),
+        ),
+        ("failed", "spool-full"),
+    ),
+    Row(
+        "profefe down, the spool raises something unclassified",
+        _set(
+            sink__error=TemporaryError("down", reason="profefe-unreachable"),
+            spool__error=OSError(errno.ENOSPC, "No space left on device"),
+        ),
+        ("failed", "spool-full"),
+    ),
+    Row(
+        "profefe refuses, the spool has a bug",
+        _set(sink__error=PermanentError("400", reason="profefe-error"), spool__error=RuntimeError("bug")),
+        ("failed", "spool-error"),
+    ),
 ]
 
 
@@ -454,3 +498,15 @@ def test_retry_delays_grow_and_stay_capped() -> None:
         delays.append(decision.delay)
     assert all(0.5 <= d <= 8.0 for d in delays)
     assert max(delays[6:]) <= 8.0 and min(delays[6:]) >= 4.0  # capped, full jitter keeps at least half the bound
+
+
+def test_a_profile_the_spool_cannot_keep_fails_with_what_the_spool_said_and_is_not_marked_delivered() -> None:
+    world = World()
+    world.sink.error = TemporaryError("connection refused", reason="profefe-unreachable")
+    world.spool.error = SpoolError("/spool: No space left on device", reason="spool-full")
+    decision = world.pipeline().run(Capture(TARGET, "heap", round_id="r1", cpu_seconds=10))
+    assert isinstance(decision, Finished)
+    assert (decision.outcome, decision.reason, decision.where) == ("failed", "spool-full", "")
+    assert "profefe-unreachable" in decision.detail and "No space left" in decision.detail
+    assert decision.size == len(PROFILE.body)
+    assert world.ledger.marks == []  # nothing was stored: a redelivered copy must take the profile again

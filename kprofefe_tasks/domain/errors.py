@@ -8,8 +8,10 @@ Every failure is classified by what a retry can do about it, because that decide
     │   └── BusyError             a known wait, not a failure: the pod's CPU profiler is busy for one window
     ├── PermanentError            a retry will not help (HTML instead of pprof, 404, bad annotation, 4xx)
     │   ├── ConfigError           our own configuration is wrong; raised at start-up, never per target
-    │   └── InvalidTargetError    a target fails the checks discovery applies (a forged or corrupt queue message,
-    │                             a link-local pod IP, a proxy path that would leave the pod): never fetched
+    │   ├── InvalidTargetError    a target fails the checks discovery applies (a forged or corrupt queue message,
+    │   │                         a link-local pod IP, a proxy path that would leave the pod): never fetched
+    │   └── SpoolError            the spool could not keep a profile (disk full: ``spool-full``; read-only, I/O
+    │                             error, permission: ``spool-error``): that profile is lost, counted
     └── SkipError                 nothing is wrong, there is just nothing to store (empty profile, pod gone)
 
 Messages are truncated so an HTML error page never floods a log line.
@@ -94,3 +96,12 @@ class InvalidTargetError(PermanentError, ValueError):
     def __init__(self, message: str, *, problem: str = "invalid-target") -> None:
         super().__init__(message)
         self.problem = problem
+
+
+class SpoolError(PermanentError):
+    """The spool could not write a profile: its filesystem is full (``spool-full``: ENOSPC, EDQUOT) or refuses the
+    write for another reason (``spool-error``: read-only, I/O error, permission). Permanent for this capture: the
+    profile is not kept anywhere, so the capture ends ``failed`` with this reason. The spool itself is not marked
+    broken: the next write tries again, and succeeds once space is freed."""
+
+    default_reason = "spool-error"

@@ -55,6 +55,8 @@ class Reason(StrEnum):
     EXPIRED = "expired"
     REVOKED = "revoked"
     FROM_SPOOL = "from-spool"
+    SPOOL_FULL = "spool-full"  # the spool's filesystem is full: the profile could not be kept (failed)
+    SPOOL_ERROR = "spool-error"  # the spool refused the write otherwise (read-only, I/O error, permission)
 
 
 @dataclass(frozen=True)

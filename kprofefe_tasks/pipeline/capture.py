@@ -20,11 +20,13 @@ No Celery here. The task (``kprofefe_tasks.tasks.capture``) builds a :class:`Cap
       │ the sink says empty ───────────────────────────────────────── empty
       │ temporary past the sink's retries ─────────────────────────── spooled (re-sent later)
       │ permanent ─────────────────────────────────────────────────── rejected (kept in the spool's rejected/)
-    mark delivered in the ledger (not for empty)
+      │ the spool cannot write it (disk full; read-only, I/O error) ─ failed / spool-full, spool-error
+    mark delivered in the ledger (not for empty or failed)
 """
 
 from __future__ import annotations
 
+import errno
 import random
 import time
 from collections.abc import Callable
@@ -39,6 +41,7 @@ from kprofefe_tasks.domain.errors import (
     KprofefeError,
     PermanentError,
     SkipError,
+    SpoolError,
     TemporaryError,
     UnreachableError,
 )
@@ -96,6 +99,8 @@ class SpoolEntry(Protocol):
 
 
 class Spool(Protocol):
+    """Both raise :class:`SpoolError` when the profile cannot be kept (disk full, read-only, I/O error)."""
+
     def put(self, delivery: Delivery) -> SpoolEntry: ...
 
     def reject(self, delivery: Delivery, error: str) -> SpoolEntry: ...
@@ -235,10 +240,10 @@ class CapturePipeline:
 
         metrics.CAPTURE_SECONDS.labels(capture.ptype).observe(profile.duration)
         delivery = delivery_for(capture.capture_id, capture.target, capture.ptype, profile)
-        outcome, reason, where = self._store(delivery)
-        if outcome != Outcome.EMPTY:
+        outcome, reason, where, detail = self._store(delivery)
+        if outcome in (Outcome.OK, Outcome.SPOOLED, Outcome.REJECTED):
             self.ledger.mark_delivered(capture.capture_id, where)
-        return Finished(outcome, reason, where=where, size=len(profile.body), seconds=profile.duration)
+        return Finished(outcome, reason, detail, where=where, size=len(profile.body), seconds=profile.duration)
 
     def _stored_already(self, capture: Capture) -> str | None:
         if self.lookup is None:
@@ -288,19 +293,42 @@ class CapturePipeline:
         detail = f"{exc.message}; retry {capture.attempt + 1}/{budget} in {delay:.1f}s"
         return RetryLater(delay, exc, counted=True, detail=detail)
 
-    def _store(self, delivery: Delivery) -> tuple[Outcome, str, str]:
-        """(outcome, reason, where). A profile taken is never dropped silently."""
+    def _store(self, delivery: Delivery) -> tuple[Outcome, str, str, str]:
+        """(outcome, reason, where, detail). A profile taken is never dropped silently: one the spool cannot keep
+        either ends ``failed`` with the spool's reason."""
         started = self.clock()
+        detail = ""
         try:
             where = self.sink.store(delivery)
             outcome, reason = Outcome.OK, ""
         except SkipError as exc:
             outcome, reason, where = Outcome.EMPTY, exc.reason, ""
         except TemporaryError as exc:
-            entry = self.spool.put(delivery)
-            outcome, reason, where = Outcome.SPOOLED, exc.reason, f"spool:{entry.name}"
+            try:
+                entry = self.spool.put(delivery)
+                outcome, reason, where = Outcome.SPOOLED, exc.reason, f"spool:{entry.name}"
+            except Exception as spool_exc:  # whatever the spool raises, this capture gets its one outcome
+                reason, detail = _spool_failure(spool_exc, f"profefe: {exc}")
+                outcome, where = Outcome.FAILED, ""
         except PermanentError as exc:
-            entry = self.spool.reject(delivery, str(exc))
-            outcome, reason, where = Outcome.REJECTED, exc.reason, f"rejected:{entry.name}"
+            try:
+                entry = self.spool.reject(delivery, str(exc))
+                outcome, reason, where = Outcome.REJECTED, exc.reason, f"rejected:{entry.name}"
+            except Exception as spool_exc:
+                reason, detail = _spool_failure(spool_exc, f"refused by profefe ({exc})")
+                outcome, where = Outcome.FAILED, ""
         metrics.UPLOAD_SECONDS.observe(self.clock() - started)
-        return outcome, reason, where
+        return outcome, reason, where, detail
+
+
+def _spool_failure(exc: Exception, why: str) -> tuple[str, str]:
+    """(reason, detail) of a profile the spool could not keep. A :class:`SpoolError` was counted as a drop by the
+    spool; anything else (a wrapper's own failure, a bug) is counted here, so the drop counter still equals the
+    profiles refused."""
+    if isinstance(exc, SpoolError):
+        reason = exc.reason
+    else:
+        full = isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        reason = Reason.SPOOL_FULL if full else Reason.SPOOL_ERROR
+        metrics.SPOOL_DROPPED.labels("full" if full else "error").inc()
+    return reason, f"{why}; not spooled: {exc}"
