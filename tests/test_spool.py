@@ -103,7 +103,7 @@ def test_put_and_reject_write_complete_entries_and_the_index_matches_the_directo
 
 @pytest.mark.parametrize("short_of", ["payload", "metadata"])
 def test_a_full_disk_refuses_the_profile_leaves_nothing_behind_and_accepts_again_once_space_frees(
-    disk: Path, short_of: str
+    disk: Path, short_of: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     drops = Drops()
     spool = Spool(disk / "spool", 1 << 30, on_drop=drops)
@@ -118,6 +118,9 @@ def test_a_full_disk_refuses_the_profile_leaves_nothing_behind_and_accepts_again
     assert refused.value.reason == "spool-full"
     assert drops.by_reason() == {"full": 1}
     assert drops.calls[0][0] is not None and drops.calls[0][0].pod == "api-2"
+    (line,) = [r for r in caplog.records if getattr(r, "outcome", "") == "dropped"]
+    assert (line.reason, line.namespace, line.pod, line.type) == ("full", "web", "api-2", "heap")  # type: ignore[attr-defined]
+    assert "No space left on device" in line.getMessage()
     assert leftovers(disk) == []
     assert [e.name for e in spool.entries()] == [kept.name]
     assert spool.stats() == (1, 100)

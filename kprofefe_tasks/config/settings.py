@@ -302,6 +302,13 @@ class Settings:
         default=9808,
         metadata=_doc("Port of the Prometheus `/metrics` and `/healthz` endpoint in each worker; 0 disables."),
     )
+    metrics_host: str = field(
+        default="0.0.0.0",
+        metadata=_doc(
+            "Address that endpoint listens on: every interface by default, so Prometheus and the kubelet's probes "
+            "reach it at the pod IP; `127.0.0.1` keeps it on the machine."
+        ),
+    )
     log_format: str = field(default="text", metadata=_doc("`text` or `json` (one object per line)."))
     log_level: str = field(default="INFO", metadata=_doc("Python logging level."))
 

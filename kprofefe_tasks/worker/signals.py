@@ -32,7 +32,7 @@ def _serve_metrics(**_: Any) -> None:
     """Before the broker connection: /healthz answers for a live process even while Redis is still coming up."""
     settings = get_settings()
     if settings.metrics_port:
-        metrics.serve(settings.metrics_port)
+        metrics.serve(settings.metrics_port, settings.metrics_host)
 
 
 @signals.worker_ready.connect
