@@ -124,10 +124,18 @@ class _Index:
     sizes: dict[str, int] = field(default_factory=dict)
     pending: dict[str, int] = field(default_factory=dict)  # reserved by a put in progress, not complete yet
     bytes: int = 0  # of complete entries
+    pending_bytes: int = 0
 
     def add(self, name: str, size: int) -> None:
         self.bytes += size - self.sizes.get(name, 0)
         self.sizes[name] = size
+
+    def reserve(self, name: str, size: int) -> None:
+        self.pending[name] = size
+        self.pending_bytes += size
+
+    def release(self, name: str) -> None:
+        self.pending_bytes -= self.pending.pop(name, 0)
 
     def discard(self, name: str) -> int | None:
         size = self.sizes.pop(name, None)
@@ -163,6 +171,7 @@ class Spool:
         self._waiting = _Index()
         self._rejected = _Index()
         self._busy: set[str] = set()  # entries a drain is sending: the cap does not remove them under its feet
+        self._leaving: set[str] = set()  # entries the cap chose, being unlinked: no drain or rescan takes them back
         self._indexed = False
         self._last_ns = 0
 
@@ -184,17 +193,21 @@ class Spool:
         except OSError as exc:  # an unreadable directory: writes will say why; nothing is indexed meanwhile
             log.error("spool %s not readable: %s", self.directory, exc, extra={"reason": spool_reason(exc)})
 
-    def _rescan(self, *, validate: bool) -> None:
-        """Rebuild both indexes from the directory (lock held), dropping what is corrupt or orphaned (counted).
-        Entries a put still writes keep their reservation."""
-        for directory in (self.directory, self.rejected_dir):
+    def _rescan(self, *, validate: bool) -> list[Entry]:
+        """Rebuild both indexes from the directory (lock held), dropping what is corrupt or orphaned (counted);
+        returns the waiting entries, oldest first. Entries a put still writes keep their reservation."""
+        waiting: list[Entry] = []
+        for directory in (self.rejected_dir, self.directory):
             index = self._index_for(directory)
             found = self._scan(directory, validate=validate)
             index.sizes = {}
             index.bytes = 0
             for entry in found:
-                if entry.name not in index.pending:
+                if entry.name not in index.pending and entry.name not in self._leaving:
                     index.add(entry.name, entry.size)
+            if directory == self.directory:
+                waiting = found
+        return waiting
 
     def _scan(self, directory: Path, *, validate: bool) -> list[Entry]:
         """Complete entries of ``directory``, oldest first; corrupt entries and old orphans are dropped."""
@@ -207,6 +220,8 @@ class Spool:
         entries = []
         for filename in sorted(names):
             path = directory / filename
+            if filename.split(".", 1)[0] in self._leaving:
+                continue  # the cap is removing it right now, and counts it
             if filename.endswith(META):
                 name = filename[: -len(META)]
                 entry = self._complete(directory, name, validate=validate)
@@ -316,27 +331,33 @@ class Spool:
                 tmp.unlink()
             raise
 
+    def _choose_victims(self, excess: int) -> list[Entry]:
+        """The oldest entries (rejected first) whose bytes cover ``excess``, taken out of the index and marked as
+        leaving (lock held). Touches only what it takes, plus entries being sent: no scan of the index."""
+        victims: list[Entry] = []
+        for directory, index in ((self.rejected_dir, self._rejected), (self.directory, self._waiting)):
+            for name, size in index.sizes.items():
+                if excess <= 0:
+                    break
+                if name in self._busy:
+                    continue
+                victims.append(Entry(name, directory / f"{name}{META}", directory / f"{name}{BODY}", size))
+                excess -= size
+        for victim in victims:
+            self._index_for(victim.meta_path.parent).discard(victim.name)
+            self._leaving.add(victim.name)
+        return victims
+
+    def _total_bytes(self) -> int:
+        w, r = self._waiting, self._rejected
+        return w.bytes + w.pending_bytes + r.bytes + r.pending_bytes
+
     def _reserve(self, directory: Path, delivery: Delivery) -> tuple[str, list[Entry]]:
         """A name for the new entry and room for it under the cap: the entries to drop for it (lock held)."""
         size = len(delivery.body)
-        index = self._index_for(directory)
         name = self._new_name(delivery)
-        victims: list[Entry] = []
-        pending = sum(self._waiting.pending.values()) + sum(self._rejected.pending.values())
-        total = self._waiting.bytes + self._rejected.bytes + pending
-        for victim_dir, victim_index in ((self.rejected_dir, self._rejected), (self.directory, self._waiting)):
-            for victim in list(victim_index.sizes):
-                if total + size <= self.max_bytes:
-                    break
-                if victim in self._busy:
-                    continue
-                victim_size = victim_index.sizes[victim]
-                victim_index.discard(victim)
-                total -= victim_size
-                victims.append(
-                    Entry(victim, victim_dir / f"{victim}{META}", victim_dir / f"{victim}{BODY}", victim_size)
-                )
-        index.pending[name] = size
+        victims = self._choose_victims(self._total_bytes() + size - self.max_bytes)
+        self._index_for(directory).reserve(name, size)
         return name, victims
 
     def _put(self, directory: Path, delivery: Delivery, extra: dict[str, str] | None = None) -> Entry:
@@ -362,26 +383,31 @@ class Spool:
                 raise
         except OSError as exc:
             with self._lock:
-                index.pending.pop(name, None)
+                index.release(name)
             reason = spool_reason(exc)
             self._count_drop(name, _drop_reason(reason), f"not written: {exc}", delivery)
             raise SpoolError(f"{directory}: {exc.strerror or exc}", reason=reason) from exc
         except BaseException:
             with self._lock:
-                index.pending.pop(name, None)
+                index.release(name)
             raise
         with self._lock:
-            index.pending.pop(name, None)
+            index.release(name)
             index.add(name, size)
         return Entry(name, meta_path, body_path, size)
 
     def _drop_victim(self, directory: Path, victim: Entry) -> None:
         delivery: Delivery | None
-        try:
-            delivery = self.load(victim)
+        try:  # the metadata only, for the log line: whose profile this was (the payload is not read)
+            delivery = Delivery.from_meta(json.loads(victim.meta_path.read_bytes()), b"")
         except (OSError, ValueError, KeyError, TypeError):
             delivery = None
-        self._drop_files(directory, victim.name, DROP_OVER_SIZE, f"over the cap of {self.max_bytes} bytes", delivery)
+        try:
+            why = f"over the cap of {self.max_bytes} bytes"
+            self._drop_files(directory, victim.name, DROP_OVER_SIZE, why, delivery)
+        finally:
+            with self._lock:
+                self._leaving.discard(victim.name)
 
     def put(self, delivery: Delivery) -> Entry:
         """Keep a profile for a later re-send. Raises :class:`SpoolError` (counted as a drop) if it cannot."""
@@ -461,22 +487,9 @@ class Spool:
         """Drop the oldest entries (rejected ones first, then waiting) until under the cap; returns drops."""
         with self._lock:
             self._ready()
-            victims: list[tuple[Path, Entry]] = []
-            total = self._waiting.bytes + self._rejected.bytes
-            for directory, index in ((self.rejected_dir, self._rejected), (self.directory, self._waiting)):
-                for name in list(index.sizes):
-                    if total <= self.max_bytes:
-                        break
-                    if name in self._busy:
-                        continue
-                    size = index.sizes[name]
-                    index.discard(name)
-                    total -= size
-                    victims.append(
-                        (directory, Entry(name, directory / f"{name}{META}", directory / f"{name}{BODY}", size))
-                    )
-        for directory, victim in victims:
-            self._drop_victim(directory, victim)
+            victims = self._choose_victims(self._total_bytes() - self.max_bytes)
+        for victim in victims:
+            self._drop_victim(victim.meta_path.parent, victim)
         return len(victims)
 
     # -- draining ----------------------------------------------------------------------------------------------
@@ -496,14 +509,15 @@ class Spool:
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
-    def refresh(self) -> None:
-        """Reconcile the index with the directory (what another process sharing it wrote or removed); drops old
-        orphans and entries without a payload, counted."""
+    def refresh(self) -> list[Entry]:
+        """Reconcile the index with the directory (what another process sharing it wrote or removed), dropping old
+        orphans and entries without a payload (counted); returns the waiting entries, oldest first."""
         with self._lock:
             self._indexed = True
-            self._rescan(validate=False)
+            return self._rescan(validate=False)
 
     def clean_orphans(self) -> None:
+        """What it always did (drop old payloads without metadata), now with the rest of :meth:`refresh`."""
         self.refresh()
 
     def drain(
@@ -526,8 +540,7 @@ class Spool:
                 if not locked:
                     result.error = "another process is draining"
                     return result
-                self.refresh()
-                entries = self.entries()
+                entries = self.refresh()
                 for index, entry in enumerate(entries):
                     if self._drain_one(entry, send, on_sent, already_sent, on_rejected, result):
                         result.left = len(entries) - index
