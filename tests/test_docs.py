@@ -16,6 +16,7 @@ import yaml
 from kprofefe_tasks.config import sizing
 from kprofefe_tasks.config.settings import Settings
 from kprofefe_tasks.coordination.rounds import ROUND_MARGIN_S
+from kprofefe_tasks.io import spool
 from kprofefe_tasks.worker import events
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,6 +66,7 @@ CLAIMS: list[tuple[str, str, Callable[[], float]]] = [
     ("README.md", r"pods \u00d7 (\d+) \u00d7 types", lambda: sizing.ROUNDS_QUEUED),
     ("README.md", r"the longest capture \+ (\d+) s\)", lambda: ROUND_MARGIN_S),
     ("deploy/README.md", r"--maxmemory (\d+)mb", lambda: sizing.maxmemory_mb(sizing.BASE_PODS)),
+    ("README.md", r"dropped once older than (\d+) h \(`reason=\"orphan\"`\)", lambda: spool.ORPHAN_AGE / 3600),
 ]
 
 
