@@ -84,7 +84,7 @@ def drain_forever(stop: threading.Event, interval: float) -> None:
             rt = runtime()
             if rt.spool.stats()[0]:
                 result = drain_once(rt)
-                if result["sent"] or result["left"] or result["dropped"]:
+                if result["sent"] or result["left"] or result.get("dropped"):
                     log.info("spool drain: %s", result)
         except Exception:  # the drainer must outlive any one bad moment (Redis restart, disk hiccup)
             log.exception("spool drain failed; trying again in %.0fs", interval)
