@@ -242,3 +242,21 @@ def test_a_spread_round_waits_in_redis_not_in_a_worker_and_each_capture_starts_a
         assert -0.5 <= when - due[key] <= 6, (key, when - due[key])
     assert stored_counts(box.profefe) == {key: 1 for key in due}
     assert all(dict(t.requests) == dict.fromkeys(types, 1) for t in targets.values())
+
+
+@pytest.mark.timeout(240)
+def test_a_warm_shutdown_finishes_its_captures_and_no_other_worker_takes_them(sandbox: Sandbox) -> None:
+    """A rolling update (SIGTERM): Celery lets running captures finish; their leases are renewed meanwhile, so a
+    worker that is ready next to it does not take them, however much longer than the lease they still run."""
+    box = sandbox
+    targets = slow_pods(box, "term", "127.77.13")
+    first = box.worker(**SLOW_ENV)  # the chaos sandbox's 10 s lease: 2.5 leases shorter than each capture
+    round_id = box.discover(namespaces=["chaos"], types=["heap"])["round"]
+    wait_for(lambda: all(t.requests["heap"] >= 1 for t in targets), 60, "every pod asked", box.logs)
+    box.worker(queues="capture", **SLOW_ENV)
+    first.stop(timeout=120)  # SIGTERM, and wait for it to exit by itself
+    assert first.proc is not None and first.proc.returncode == 0, first.output()[-3000:]
+    report = box.wait_round(round_id, timeout=60)
+    assert report["ok"] == 3, report
+    assert [t.requests["heap"] for t in targets] == [1, 1, 1]
+    assert stored_counts(box.profefe) == {(f"term-{i}", "heap"): 1 for i in range(1, 4)}
