@@ -64,6 +64,21 @@ SPOOL_DROPPED = Counter(
 )
 for _reason in DROP_REASONS:  # every series exists from the start, at 0, so rate() and alerts see the first drop
     SPOOL_DROPPED.labels(_reason)
+HUB_LAG = Histogram(
+    "kprofefe_hub_lag_seconds",
+    "How late a gevent worker's event loop woke a 50 ms timer: the longest any greenlet held the loop.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+HUB_LAG_MAX = Gauge("kprofefe_hub_lag_max_seconds", "Largest event-loop lag measured since the worker started.")
+MEMORY_BUDGET_BYTES = Gauge("kprofefe_memory_budget_bytes", "This worker's memory budget for profiles in flight.")
+MEMORY_RESERVED_BYTES = Gauge(
+    "kprofefe_memory_reserved_bytes", "Bytes reserved by this worker's captures in flight (bodies, decompressed)."
+)
+MEMORY_REFUSALS = Counter(
+    "kprofefe_memory_budget_refusals_total",
+    "Reservations the memory budget refused: kind timeout (no room within the wait), too-large (never fits).",
+    ["kind"],
+)
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -26,7 +26,8 @@ from kprofefe_tasks.domain.errors import (
 )
 from kprofefe_tasks.domain.outcomes import Outcome, Reason
 from kprofefe_tasks.domain.targets import Target
-from kprofefe_tasks.io.pods import Profile
+from kprofefe_tasks.io.budget import MemoryBudget
+from kprofefe_tasks.io.pods import Memory, Profile
 from kprofefe_tasks.io.pprof import ProfileInfo
 from kprofefe_tasks.pipeline.capture import (
     LOCK_WAITS,
@@ -136,8 +137,9 @@ class FakeFetch:
     error: KprofefeError | None = None
     calls: int = 0
 
-    def __call__(self, target: Target, ptype: str, cpu_seconds: int) -> Profile:
+    def __call__(self, target: Target, ptype: str, cpu_seconds: int, memory: Memory) -> Profile:
         self.calls += 1
+        memory.grow_to(len(PROFILE.body))  # what the real fetch reserves for a body
         if self.error is not None:
             raise self.error
         return PROFILE
@@ -147,8 +149,12 @@ class FakeFetch:
 class FakeSink:
     error: KprofefeError | None = None
     stored: list[Delivery] = field(default_factory=list)
+    budget: MemoryBudget | None = None
+    reserved_at_store: list[int] = field(default_factory=list)
 
     def store(self, delivery: Delivery) -> str:
+        if self.budget is not None:
+            self.reserved_at_store.append(self.budget.used)
         if self.error is not None:
             raise self.error
         self.stored.append(delivery)
@@ -210,6 +216,10 @@ class World:
     lookup: FakeLookup | None = field(default_factory=FakeLookup)
     spool: FakeSpool = field(default_factory=FakeSpool)
     pods: FakePods = field(default_factory=FakePods)
+    budget: MemoryBudget = field(default_factory=lambda: MemoryBudget(64 * 1024 * 1024, wait=0.0))
+
+    def __post_init__(self) -> None:
+        self.sink.budget = self.budget
 
     def pipeline(self) -> CapturePipeline:
         return CapturePipeline(
@@ -222,6 +232,7 @@ class World:
             pods=self.pods,
             cpu_lock=self.locks,
             semaphore=self.semaphore,
+            budget=self.budget,
             clock=lambda: 0.0,
             jitter=lambda low, high: high,  # the largest jitter: delays are exact in the table
         )
@@ -346,6 +357,22 @@ ROWS = [
         marked=True,
     ),
     Row("capture semaphore full", _set(semaphore__free=0), ("retry", "inflight-limit"), fetched=0),
+    Row(
+        "no room in the memory budget, retries left",
+        _set(fetch__error=TemporaryError("no room", reason="memory-budget", delay=5.0)),
+        ("retry", "memory-budget"),
+    ),
+    Row(
+        "no room in the memory budget, no retries left",
+        _set(fetch__error=TemporaryError("no room", reason="memory-budget", delay=5.0)),
+        ("failed", "memory-budget"),
+        attempt=3,
+    ),
+    Row(
+        "more than the memory budget lets one capture hold",
+        _set(fetch__error=PermanentError("needs 1 GiB", reason="memory-budget")),
+        ("failed", "memory-budget"),
+    ),
     Row("no samples", _set(fetch__error=SkipError("none", reason="empty")), ("empty", "empty")),
     Row("skip from the target", _set(fetch__error=SkipError("gone", reason="pod-gone")), ("skipped", "pod-gone")),
     Row(
@@ -435,9 +462,12 @@ def test_decision_tree(row: Row) -> None:
         assert world.ledger.marks and world.ledger.marks[-1][0] == capture_id
     else:
         assert world.ledger.marks == []
-    # whatever happened, nothing is left held
+    # whatever happened, nothing is left held; a profile taken stays reserved until it is stored
     assert world.locks.ours == set()
     assert world.semaphore.holders == []
+    assert world.budget.used == 0
+    if world.sink.reserved_at_store:
+        assert world.sink.reserved_at_store == [len(PROFILE.body)]
 
 
 def test_every_outcome_and_pipeline_reason_has_a_row() -> None:

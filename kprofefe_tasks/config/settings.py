@@ -116,6 +116,40 @@ class Settings:
         default=512 * MIB,
         metadata=_doc("Largest accepted profile after gunzip (a gzip bomb stops here).", "bytes"),
     )
+    memory_budget_bytes: int = field(
+        default=0,
+        metadata=_doc(
+            "Bytes all of one worker process's captures may hold at once (bodies being read, their decompressed "
+            "copies while inspected, bodies waiting for upload). A capture that would need more than three quarters "
+            "of it fails (`memory-budget`); one that finds no room waits. 0: 40% of the container's memory limit "
+            "(cgroup v2 `memory.max`, v1 `memory.limit_in_bytes`), 512 MiB when there is no limit.",
+            "bytes",
+        ),
+    )
+    memory_budget_wait: float = field(
+        default=10.0,
+        metadata=_doc(
+            "Longest a capture waits for room in the memory budget before it is retried later (`retried` / "
+            "`memory-budget`, then `failed`). Small profiles keep flowing while big ones wait.",
+            "s",
+        ),
+    )
+    offload: bool = field(
+        default=True,
+        metadata=_doc(
+            "Keep the gevent hub free: spool and directory writes run in gevent's thread pool, gunzip and profile "
+            "inspection yield to the hub every few ms. `false` only to measure the difference (`python -m bench "
+            "hublag`)."
+        ),
+    )
+    hub_lag_warn: float = field(
+        default=0.1,
+        metadata=_doc(
+            "gevent workers measure how late their event loop wakes up (`kprofefe_hub_lag_seconds`) and log a "
+            "warning when it is later than this; 0 turns the probe off.",
+            "s",
+        ),
+    )
     upload_rate: float = field(
         default=200.0,
         metadata=_doc(

@@ -57,6 +57,7 @@ class Reason(StrEnum):
     FROM_SPOOL = "from-spool"
     SPOOL_FULL = "spool-full"  # the spool's filesystem is full: the profile could not be kept (failed)
     SPOOL_ERROR = "spool-error"  # the spool refused the write otherwise (read-only, I/O error, permission)
+    MEMORY_BUDGET = "memory-budget"  # no room in the worker's memory budget (waited too long, or never fits)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import http.client
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import requests
 import urllib3
@@ -20,13 +20,22 @@ from kprofefe_tasks.config.settings import Settings
 from kprofefe_tasks.domain.delivery import Delivery
 from kprofefe_tasks.domain.errors import BusyError, PermanentError, SkipError, TemporaryError, UnreachableError
 from kprofefe_tasks.domain.targets import Target
-from kprofefe_tasks.io import pprof
+from kprofefe_tasks.io import offload, pprof
+from kprofefe_tasks.io.budget import UNBOUNDED_RESERVATION
 from kprofefe_tasks.io.http import retry_after
 from kprofefe_tasks.io.kube import Kube, ProxiedAnswer
 
 CHUNK_BYTES = 64 * 1024  # one socket read; small enough that a deadline check runs often
 HARD_DEADLINE_GRACE_S = 2.0  # s past a capture's deadline (plus connect): only a never-ending answer reaches it
 CPU_BUSY_MARKER = b"cpu profiling already in use"  # Go's answer to a second concurrent CPU profile
+
+
+class Memory(Protocol):
+    """A capture's reservation in the worker's memory budget (:mod:`kprofefe_tasks.io.budget`)."""
+
+    def grow_to(self, nbytes: int) -> None: ...
+
+    def shrink_to(self, nbytes: int) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -66,8 +75,11 @@ def deadline_for(settings: Settings, ptype: str, cpu_seconds: int) -> float:
     return settings.cpu_deadline(cpu_seconds) if ptype == "cpu" else settings.read_timeout
 
 
-def _read_capped(read1: Callable[[int], bytes], limit: int, deadline: float, what: str) -> bytes:
-    """Read a body chunk by chunk; a never-ending or slow-drip body fails on size or time, not memory."""
+def _read_capped(
+    read1: Callable[[int], bytes], limit: int, deadline: float, what: str, memory: Memory = UNBOUNDED_RESERVATION
+) -> bytes:
+    """Read a body chunk by chunk; a never-ending or slow-drip body fails on size or time, not memory.
+    Every chunk is reserved in the memory budget before it is kept, and so is the copy that joins them."""
     parts: list[bytes] = []
     size = 0
     while True:
@@ -77,11 +89,25 @@ def _read_capped(read1: Callable[[int], bytes], limit: int, deadline: float, wha
             )
         chunk = read1(CHUNK_BYTES)
         if not chunk:
-            return b"".join(parts)
+            if len(parts) <= 1:
+                return parts[0] if parts else b""
+            memory.grow_to(2 * size)  # the parts and the joined body, for a moment
+            body = b"".join(parts)
+            parts.clear()
+            memory.shrink_to(size)
+            return body
         size += len(chunk)
         if size > limit:
             raise PermanentError(f"{what}: body larger than {limit} bytes", reason="too-large")
+        memory.grow_to(size)
         parts.append(chunk)
+
+
+def _declared_length(headers: Mapping[str, str]) -> int:
+    for key, value in headers.items():
+        if key.lower() == "content-length" and value.strip().isdigit():
+            return int(value)
+    return 0
 
 
 def _check_length(headers: Mapping[str, str], limit: int, what: str) -> None:
@@ -108,12 +134,25 @@ def classify_status(status: int, body: bytes, headers: Mapping[str, str], what: 
     raise PermanentError(f"{what}: {status} {snippet}", reason=f"target-{status // 100}xx")
 
 
-def validate(body: bytes, what: str, max_decompressed: int) -> pprof.ProfileInfo:
-    """Check that ``body`` is a pprof profile; an empty one is a skip, anything else not pprof is permanent."""
+def validate(
+    body: bytes,
+    what: str,
+    max_decompressed: int,
+    memory: Memory = UNBOUNDED_RESERVATION,
+    pause: pprof.Pause | None = None,
+) -> pprof.ProfileInfo:
+    """Check that ``body`` is a pprof profile; an empty one is a skip, anything else not pprof is permanent.
+
+    The decompressed copy is reserved in ``memory`` as it grows and given back afterwards; ``pause`` (a gevent
+    worker's :class:`~kprofefe_tasks.io.offload.Cooperator`) lets the hub run between steps of the work."""
     try:
-        info = pprof.inspect(body, max_decompressed)
+        info = pprof.inspect(
+            body, max_decompressed, pause=pause, on_inflate=lambda inflated: memory.grow_to(len(body) + inflated)
+        )
     except pprof.PprofError as exc:
         raise PermanentError(f"{what}: not a pprof profile ({exc})", reason=f"invalid-{exc.reason}") from exc
+    finally:
+        memory.shrink_to(len(body))
     if info.is_empty:
         raise SkipError(f"{what}: profile has no samples", reason="empty")
     return info
@@ -143,15 +182,17 @@ def fetch(
     cpu_seconds: int,
     session: requests.Session | None = None,
     kube: Kube | None = None,
+    memory: Memory = UNBOUNDED_RESERVATION,
 ) -> Profile:
-    """Take one profile. Direct to the pod IP by default; through the API server when ``kube`` is given."""
+    """Take one profile. Direct to the pod IP by default; through the API server when ``kube`` is given.
+    The body and its decompressed copy are reserved in ``memory`` (the worker's budget) as they grow."""
     budget = deadline_for(settings, ptype, cpu_seconds) + settings.connect_timeout + HARD_DEADLINE_GRACE_S
     timer = _green_timeout(budget)
     if timer is None:
-        return _fetch(target, ptype, settings, cpu_seconds=cpu_seconds, session=session, kube=kube)
+        return _fetch(target, ptype, settings, cpu_seconds=cpu_seconds, session=session, kube=kube, memory=memory)
     try:
         with timer:
-            return _fetch(target, ptype, settings, cpu_seconds=cpu_seconds, session=session, kube=kube)
+            return _fetch(target, ptype, settings, cpu_seconds=cpu_seconds, session=session, kube=kube, memory=memory)
     except BaseException as exc:
         if exc is not timer:
             raise
@@ -168,6 +209,7 @@ def _fetch(
     cpu_seconds: int,
     session: requests.Session | None,
     kube: Kube | None,
+    memory: Memory,
 ) -> Profile:
     path, params = request_for(target, ptype, cpu_seconds)
     what = f"{target.key} {ptype}"
@@ -184,8 +226,9 @@ def _fetch(
             status = int(answer.status)
             headers = dict(answer.headers)
             _check_length(headers, settings.max_profile_bytes, what)
+            memory.grow_to(_declared_length(headers))  # a declared length is reserved before the first byte
             body = _read_capped(
-                lambda n: answer.read1(n, decode_content=False), settings.max_profile_bytes, deadline, what
+                lambda n: answer.read1(n, decode_content=False), settings.max_profile_bytes, deadline, what, memory
             )
         except (OSError, urllib3.exceptions.HTTPError) as exc:
             raise UnreachableError(f"{what}: {exc}", reason="target-unreachable") from exc
@@ -212,9 +255,10 @@ def _fetch(
             status = response.status_code
             headers = dict(response.headers)
             _check_length(headers, settings.max_profile_bytes, what)
+            memory.grow_to(_declared_length(headers))  # a declared length is reserved before the first byte
             raw = response.raw
             body = _read_capped(
-                lambda n: raw.read1(n, decode_content=False), settings.max_profile_bytes, deadline, what
+                lambda n: raw.read1(n, decode_content=False), settings.max_profile_bytes, deadline, what, memory
             )
         except urllib3.exceptions.TimeoutError as exc:
             # the body stalled longer than a read may wait: a hung or overloaded pod, not a broken one
@@ -231,7 +275,7 @@ def _fetch(
             response.close()
     if status != 200:
         classify_status(status, body, headers, what, cpu_seconds)
-    info = validate(body, what, settings.max_decompressed_bytes)
+    info = validate(body, what, settings.max_decompressed_bytes, memory, offload.cooperative(settings.offload))
     finished = time.monotonic()
     return Profile(body=body, info=info, taken_at=time.time(), duration=finished - started)
 

@@ -24,6 +24,7 @@ Failure reasons (:attr:`PprofError.reason`):
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 # A real heap or goroutine profile of a big service decompresses to tens of MB; 256 MiB leaves room for that
@@ -35,6 +36,15 @@ SNIFF_WINDOW_BYTES = 512  # bytes
 
 # Output per zlib call: bounds the transient chunk so the cap, not the chunk, decides peak memory.
 _INFLATE_CHUNK_BYTES = 1024 * 1024  # bytes
+# With a ``pause`` (a gevent worker): output per zlib call and bytes walked between two pauses. Inflating
+# 256 KiB or walking 64 KiB of samples takes about a millisecond here, so the pause can yield every few ms.
+_COOPERATIVE_CHUNK_BYTES = 256 * 1024  # bytes
+_WALK_STEP_BYTES = 64 * 1024  # bytes
+
+#: called between steps of work; a gevent worker yields to its hub in it (kprofefe_tasks.io.offload)
+Pause = Callable[[], None]
+#: told the decompressed size before each chunk is kept; may raise to stop (a memory budget refusing)
+OnInflate = Callable[[int], None]
 
 GZIP_MAGIC = b"\x1f\x8b"
 
@@ -165,7 +175,10 @@ def decompress(data: bytes, max_bytes: int) -> bytes:
     return bytes(_gunzip(data, max_bytes))
 
 
-def _gunzip(data: bytes, max_bytes: int) -> bytearray:
+def _gunzip(data: bytes, max_bytes: int, pause: Pause | None = None, on_inflate: OnInflate | None = None) -> bytearray:
+    """Inflate every member, chunk by chunk: ``on_inflate`` hears of each chunk before it is kept, ``pause``
+    runs between chunks, and the cap stops a bomb after about ``max_bytes`` of output, whatever it would become."""
+    step = _COOPERATIVE_CHUNK_BYTES if pause is not None else _INFLATE_CHUNK_BYTES
     out = bytearray()
     view = memoryview(data)
     pos = 0
@@ -180,10 +193,14 @@ def _gunzip(data: bytes, max_bytes: int) -> bytearray:
             while True:
                 room = max_bytes - len(out)
                 # Ask for one byte more than the room left: getting it proves the cap is exceeded.
-                chunk = inflater.decompress(pending, min(room + 1, _INFLATE_CHUNK_BYTES))
-                out += chunk
-                if len(out) > max_bytes:
+                chunk = inflater.decompress(pending, min(room + 1, step))
+                if len(out) + len(chunk) > max_bytes:
                     raise PprofError("too-large", f"decompresses to more than {max_bytes} bytes")
+                if on_inflate is not None and chunk:
+                    on_inflate(len(out) + len(chunk))
+                out += chunk
+                if pause is not None:
+                    pause()
                 pending = inflater.unconsumed_tail
                 if inflater.eof or (not pending and not chunk):
                     break
@@ -195,17 +212,28 @@ def _gunzip(data: bytes, max_bytes: int) -> bytearray:
     return out
 
 
-def inspect(data: bytes, max_decompressed: int = MAX_DECOMPRESSED_BYTES_DEFAULT) -> ProfileInfo:
-    """Sniff, decompress and parse ``data``. Raises PprofError with a reason; zero samples is NOT an error."""
+def inspect(
+    data: bytes,
+    max_decompressed: int = MAX_DECOMPRESSED_BYTES_DEFAULT,
+    *,
+    pause: Pause | None = None,
+    on_inflate: OnInflate | None = None,
+) -> ProfileInfo:
+    """Sniff, decompress and parse ``data``. Raises PprofError with a reason; zero samples is NOT an error.
+
+    ``pause`` makes it cooperative: it is called every ~256 KiB inflated and every ~64 KiB walked, so a caller on
+    an event loop can yield there; the answer is the same with or without it. ``on_inflate(total)`` is called with
+    the decompressed size before each chunk is kept (a memory budget grows there, or raises to stop).
+    """
     if not data:
         raise PprofError("empty", "empty body")
     raw: bytes | bytearray
     if data[:2] == GZIP_MAGIC:
-        raw = _gunzip(data, max_decompressed)
+        raw = _gunzip(data, max_decompressed, pause, on_inflate)
         if not raw:
             raise PprofError("empty", "gzip stream decompresses to nothing")
         try:
-            walked = _walk(raw)
+            walked = _walk(raw, pause)
         except _Malformed as exc:
             raise PprofError("not-protobuf", f"gzip content is not a pprof profile: {exc}") from None
     else:
@@ -213,11 +241,11 @@ def inspect(data: bytes, max_decompressed: int = MAX_DECOMPRESSED_BYTES_DEFAULT)
             raise PprofError("too-large", f"raw profile larger than {max_decompressed} bytes")
         raw = data
         try:
-            walked = _walk(raw)
+            walked = _walk(raw, pause)
         except _Malformed as exc:
             reason = sniff(data) or "not-gzip"
             raise PprofError(reason, f"neither gzip nor a pprof protobuf ({exc})") from None
-    return _info(raw, walked, compressed_size=len(data))
+    return _info(raw, walked, compressed_size=len(data), pause=pause)
 
 
 def detect_type(info: ProfileInfo) -> str | None:
@@ -300,10 +328,13 @@ def _int64(value: int) -> int:
     return value - (1 << 64) if value >= 1 << 63 else value
 
 
-def _walk(buf: bytes | bytearray) -> _Walked:
-    """One pass over the top-level fields. Hot path: single-byte keys and lengths are decoded inline."""
+def _walk(buf: bytes | bytearray, pause: Pause | None = None) -> _Walked:
+    """One pass over the top-level fields. Hot path: single-byte keys and lengths are decoded inline.
+    With ``pause``, it is called each time the walk has passed another ~64 KiB (one comparison per field)."""
     end = len(buf)
     pos = 0
+    step = _WALK_STEP_BYTES if pause is not None else end + 1
+    mark = step
     sample_types: list[tuple[int, int]] = []
     period_type: tuple[int, int] | None = None
     strings: list[tuple[int, int]] = []
@@ -311,6 +342,9 @@ def _walk(buf: bytes | bytearray) -> _Walked:
     zero_samples = 0
     time_nanos = duration_nanos = period = 0
     while pos < end:
+        if pos >= mark and pause is not None:
+            pause()
+            mark = pos + step
         key = buf[pos]
         if key < 0x80:
             pos += 1
@@ -450,7 +484,7 @@ def _string(buf: bytes | bytearray, strings: list[tuple[int, int]], index: int) 
     return bytes(buf[start:stop]).decode("utf-8", "replace")
 
 
-def _info(buf: bytes | bytearray, walked: _Walked, compressed_size: int) -> ProfileInfo:
+def _info(buf: bytes | bytearray, walked: _Walked, compressed_size: int, pause: Pause | None = None) -> ProfileInfo:
     try:
         sample_types = tuple(
             (_string(buf, walked.strings, t), _string(buf, walked.strings, u)) for t, u in walked.sample_type_idx
@@ -462,7 +496,7 @@ def _info(buf: bytes | bytearray, walked: _Walked, compressed_size: int) -> Prof
         kind = None
         names = {name for name, _unit in sample_types}
         if walked.sample_count and ("contentions" in names or "delay" in names):
-            kind = _contention_kind(buf, walked.strings)
+            kind = _contention_kind(buf, walked.strings, pause)
     except _Malformed as exc:
         raise PprofError("not-protobuf", f"not a valid pprof profile: {exc}") from None
     return ProfileInfo(
@@ -523,14 +557,19 @@ def _first_len_field(buf: bytes | bytearray, pos: int, end: int, wanted: int) ->
     return None
 
 
-def _contention_kind(buf: bytes | bytearray, strings: list[tuple[int, int]]) -> str | None:
+def _contention_kind(buf: bytes | bytearray, strings: list[tuple[int, int]], pause: Pause | None = None) -> str | None:
     """Second pass, contention profiles only (small): leaf function of each sample → "mutex" or "block"."""
     leaf_locations: list[int] = []
     location_function: dict[int, int] = {}
     function_name: dict[int, int] = {}
     end = len(buf)
     pos = 0
+    step = _WALK_STEP_BYTES if pause is not None else end + 1
+    mark = step
     while pos < end:
+        if pos >= mark and pause is not None:
+            pause()
+            mark = pos + step
         key, pos = _varint(buf, pos, end)
         wire = key & 7
         if wire != _WT_LEN:

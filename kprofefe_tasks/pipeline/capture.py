@@ -10,7 +10,9 @@ No Celery here. The task (``kprofefe_tasks.tasks.capture``) builds a :class:`Cap
       │ started before (a worker died running it):
       │     more than max_deliveries times ────────────────────────── poison / redelivered
       │     profefe already has its capture_id ────────────────────── duplicate / stored-before-redelivery
-    take it (CPU lock, capture semaphore, HTTP fetch)
+    take it (memory reservation, CPU lock, capture semaphore, HTTP fetch)
+      │ no room in the worker's memory budget within the wait ─────── retry later (counted), then failed / memory-budget
+      │ needs more than the budget lets one capture hold ──────────── failed / memory-budget
       │ unreachable and the pod is gone ───────────────────────────── skipped / pod-gone
       │ temporary, retries left (busy waits cost none) ────────────── retry later (counted "retried")
       │ temporary, no retries left; permanent ─────────────────────── failed / <the error's reason>
@@ -22,6 +24,7 @@ No Celery here. The task (``kprofefe_tasks.tasks.capture``) builds a :class:`Cap
       │ permanent ─────────────────────────────────────────────────── rejected (kept in the spool's rejected/)
       │ the spool cannot write it (disk full; read-only, I/O error) ─ failed / spool-full, spool-error
     mark delivered in the ledger (not for empty or failed)
+    release the memory reservation (every path)
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import errno
 import random
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -47,7 +51,8 @@ from kprofefe_tasks.domain.errors import (
 )
 from kprofefe_tasks.domain.outcomes import Outcome, Reason
 from kprofefe_tasks.domain.targets import Target
-from kprofefe_tasks.io.pods import Profile, delivery_for
+from kprofefe_tasks.io.budget import Unbounded
+from kprofefe_tasks.io.pods import Memory, Profile, delivery_for
 
 #: extra retries for waits on a pod's CPU profiler (ours or someone else's), each about one CPU window long
 LOCK_WAITS = 5
@@ -80,7 +85,13 @@ class Semaphore(Protocol):
 
 
 class Fetcher(Protocol):
-    def __call__(self, target: Target, ptype: str, cpu_seconds: int) -> Profile: ...
+    def __call__(self, target: Target, ptype: str, cpu_seconds: int, memory: Memory) -> Profile: ...
+
+
+class Budget(Protocol):
+    """The worker's memory budget: a reservation per capture, held from the fetch until it is stored."""
+
+    def reserve(self, holder: str) -> AbstractContextManager[Memory]: ...
 
 
 class Sink(Protocol):
@@ -195,6 +206,7 @@ class CapturePipeline:
         pods: Pods | None = None,
         cpu_lock: Callable[[str], Lock] | None = None,
         semaphore: Semaphore | None = None,
+        budget: Budget | None = None,
         clock: Callable[[], float] = time.monotonic,
         jitter: Callable[[float, float], float] = random.uniform,
     ) -> None:
@@ -207,6 +219,7 @@ class CapturePipeline:
         self.pods = pods
         self.cpu_lock = cpu_lock
         self.semaphore = semaphore
+        self.budget: Budget = budget if budget is not None else Unbounded()
         self.clock = clock
         self.jitter = jitter
 
@@ -227,9 +240,12 @@ class CapturePipeline:
             if stored:
                 self.ledger.mark_delivered(capture.capture_id, stored)
                 return Finished(Outcome.DUPLICATE, Reason.STORED_BEFORE_REDELIVERY, where=stored)
+        with self.budget.reserve(capture.holder) as memory:  # released however the capture ends
+            return self._take_and_store(capture, memory)
 
+    def _take_and_store(self, capture: Capture, memory: Memory) -> Decision:
         try:
-            profile = self._take(capture)
+            profile = self._take(capture, memory)
         except TemporaryError as exc:
             return self._after_temporary(capture, exc)
         except SkipError as exc:
@@ -253,7 +269,7 @@ class CapturePipeline:
         except KprofefeError:
             return None  # cannot tell: take it again, the ledger still stops a loop
 
-    def _take(self, capture: Capture) -> Profile:
+    def _take(self, capture: Capture, memory: Memory) -> Profile:
         """Fetch under the per-pod CPU lock and the optional cluster-wide capture semaphore."""
         lease = self.policy.lease(capture.cpu_seconds)
         lock = self.cpu_lock(f"cpu:{capture.target.key}") if capture.ptype == "cpu" and self.cpu_lock else None
@@ -268,7 +284,7 @@ class CapturePipeline:
             if self.semaphore is not None and not self.semaphore.acquire(capture.holder, lease):
                 raise TemporaryError("cluster-wide capture limit reached", reason=Reason.INFLIGHT_LIMIT, delay=1.0)
             try:
-                return self.fetch(capture.target, capture.ptype, capture.cpu_seconds)
+                return self.fetch(capture.target, capture.ptype, capture.cpu_seconds, memory)
             finally:
                 if self.semaphore is not None:
                     self.semaphore.release(capture.holder)

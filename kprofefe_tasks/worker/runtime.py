@@ -18,11 +18,11 @@ from kprofefe_tasks.config.settings import Settings, get_settings
 from kprofefe_tasks.domain.delivery import Delivery
 from kprofefe_tasks.domain.errors import ConfigError, KprofefeError
 from kprofefe_tasks.domain.targets import Target
-from kprofefe_tasks.io import http, pods
+from kprofefe_tasks.io import budget, http, offload, pods
 from kprofefe_tasks.io.kube import Kube
 from kprofefe_tasks.io.profefe import ProfefeClient
 from kprofefe_tasks.io.sinks import DirectorySink, ProfefeSink, Sink
-from kprofefe_tasks.io.spool import Spool
+from kprofefe_tasks.io.spool import Entry, Spool
 from kprofefe_tasks.pipeline.capture import CapturePipeline, Policy
 
 log = logging.getLogger("kprofefe.tasks")
@@ -30,6 +30,30 @@ log = logging.getLogger("kprofefe.tasks")
 POD_HTTP_POOL = 8  # connections kept per pod: one round asks a pod for at most six profiles at once
 HOST_POOLS = 2000  # pods whose connections are cached; more just means new connections next round
 PROFEFE_POOL = 1000  # connections to profefe: a gevent worker may upload hundreds of profiles at once
+
+
+class OffHubSpool:
+    """The pipeline's spool port with its writes (two files, each fsynced) in gevent's thread pool."""
+
+    def __init__(self, spool: Spool) -> None:
+        self.spool = spool
+
+    def put(self, delivery: Delivery) -> Entry:
+        return offload.run_blocking(self.spool.put, delivery)
+
+    def reject(self, delivery: Delivery, error: str) -> Entry:
+        return offload.run_blocking(self.spool.reject, delivery, error)
+
+
+class OffHubSink:
+    """A file sink whose writes run in gevent's thread pool."""
+
+    def __init__(self, sink: DirectorySink) -> None:
+        self.sink = sink
+        self.name = sink.name
+
+    def store(self, delivery: Delivery) -> str:
+        return offload.run_blocking(self.sink.store, delivery)
 
 
 @dataclass
@@ -44,6 +68,7 @@ class Runtime:
     bucket: coordination.TokenBucket | None
     rounds: coordination.Rounds
     inflight: coordination.Semaphore | None
+    memory: budget.MemoryBudget
     pipeline: CapturePipeline = field(init=False)
     _kube: Kube | None = None
     _kube_error: str = ""
@@ -51,6 +76,12 @@ class Runtime:
 
     def __post_init__(self) -> None:
         s = self.settings
+        sink: Sink = self.sink
+        spool: OffHubSpool | Spool = self.spool
+        if s.offload:
+            spool = OffHubSpool(self.spool)
+            if isinstance(sink, DirectorySink):
+                sink = OffHubSink(sink)
         self.pipeline = CapturePipeline(
             policy=Policy(
                 capture_retries=s.capture_retries,
@@ -61,12 +92,13 @@ class Runtime:
             ),
             ledger=self.rounds,
             fetch=self.fetch,
-            sink=self.sink,
-            spool=self.spool,
+            sink=sink,
+            spool=spool,
             lookup=self.sink if isinstance(self.sink, ProfefeSink) else None,
             pods=self,
             cpu_lock=lambda name: coordination.Lock(self.redis, name),
             semaphore=self.inflight,
+            budget=self.memory,
         )
 
     def kube_or_none(self) -> Kube | None:
@@ -85,9 +117,11 @@ class Runtime:
             raise ConfigError(self._kube_error or "no Kubernetes configuration")
         return kube
 
-    def fetch(self, target: Target, ptype: str, cpu_seconds: int) -> pods.Profile:
+    def fetch(self, target: Target, ptype: str, cpu_seconds: int, memory: pods.Memory) -> pods.Profile:
         kube = self.kube() if self.settings.capture_via == "proxy" else None
-        return pods.fetch(target, ptype, self.settings, cpu_seconds=cpu_seconds, session=self.pods_http, kube=kube)
+        return pods.fetch(
+            target, ptype, self.settings, cpu_seconds=cpu_seconds, session=self.pods_http, kube=kube, memory=memory
+        )
 
     def gone(self, target: Target) -> bool:
         """Whether the pod was deleted or replaced since discovery (asked only after a capture got no answer)."""
@@ -104,7 +138,7 @@ class Runtime:
         return bool(meta.get("deletionTimestamp")) or (bool(target.uid) and meta.get("uid") != target.uid)
 
     def update_spool_gauges(self) -> None:
-        count, size = self.spool.stats()
+        count, size = offload.run_blocking(self.spool.stats) if self.settings.offload else self.spool.stats()
         metrics.SPOOL_PROFILES.set(count)
         metrics.SPOOL_BYTES.set(size)
 
@@ -155,6 +189,19 @@ def build_runtime(settings: Settings) -> Runtime:
         sink=sink,
         spool=spool,
         bucket=bucket,
+        memory=memory_budget(settings),
+    )
+
+
+def memory_budget(settings: Settings) -> budget.MemoryBudget:
+    """The worker's memory budget: the setting, or its share of the container's memory limit."""
+    total = settings.memory_budget_bytes or budget.default_total()
+    metrics.MEMORY_BUDGET_BYTES.set(total)
+    return budget.MemoryBudget(
+        total,
+        settings.memory_budget_wait,
+        on_change=metrics.MEMORY_RESERVED_BYTES.set,
+        on_refuse=lambda kind: metrics.MEMORY_REFUSALS.labels(kind).inc(),
     )
 
 

@@ -12,10 +12,13 @@ from kprofefe_tasks import logs, metrics
 from kprofefe_tasks.config.settings import get_settings
 from kprofefe_tasks.domain.outcomes import CaptureResult, Outcome, Reason
 from kprofefe_tasks.domain.targets import Target
-from kprofefe_tasks.worker import delayed, drainer, startup, sweeper
+from kprofefe_tasks.io import offload
+from kprofefe_tasks.worker import delayed, drainer, hublag, startup, sweeper
 from kprofefe_tasks.worker.app import CAPTURE_QUEUE, app
 from kprofefe_tasks.worker.report import record
 from kprofefe_tasks.worker.runtime import runtime
+
+log = logging.getLogger("kprofefe.tasks")
 
 _stop_threads = threading.Event()
 
@@ -38,6 +41,9 @@ def _serve_metrics(**_: Any) -> None:
 @signals.worker_ready.connect
 def _on_worker_ready(sender: Any = None, **_: Any) -> None:
     settings = get_settings()
+    if settings.hub_lag_warn > 0 and offload.gevent_patched():
+        hublag.start(settings.hub_lag_warn)
+        log.info("event-loop lag probe started (warns above %.0f ms)", settings.hub_lag_warn * 1000)
     if settings.broker_url.startswith(("redis://", "rediss://", "unix://", "sentinel://")):
         threading.Thread(
             target=sweeper.sweep_forever,
