@@ -438,3 +438,59 @@ def test_five_megabyte_profile_inspects_in_reasonable_time() -> None:
     assert info.detected_type == "heap"
     # ~0.1 s on an idle laptop; the bound only catches an accidental quadratic walk
     assert elapsed < 10
+
+
+# --- cooperative (streaming) inspection: what a gevent worker runs -----------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_TYPES))
+def test_cooperative_inspection_gives_the_same_answer_on_every_fixture(name: str) -> None:
+    data = fixture(name)
+    sizes: list[int] = []
+    assert pprof.inspect(data, pause=lambda: None, on_inflate=sizes.append) == pprof.inspect(data)
+    assert sizes and sizes == sorted(sizes)  # told before each chunk is kept, growing
+    assert sizes[-1] == pprof.inspect(data).decompressed_size
+
+
+def test_cooperative_inspection_pauses_every_few_hundred_kilobytes() -> None:
+    functions = {i: f"pkg.F{i}" for i in range(1, 101)}
+    base = build_profile([("inuse_space", "bytes")], [], functions=functions)
+    raw = base + f_len(2, f_len(1, packed([1, 2, 3])) + f_len(2, packed([7]))) * 200_000
+    pauses = 0
+
+    def pause() -> None:
+        nonlocal pauses
+        pauses += 1
+
+    info = pprof.inspect(gzip.compress(raw, 1), pause=pause)
+    assert info == pprof.inspect(gzip.compress(raw, 1))
+    assert info.sample_count == 200_000
+    # one pause per 256 KiB inflated plus one per 64 KiB walked: no step runs over a big buffer unbroken
+    assert pauses >= len(raw) // (64 * 1024)
+
+
+def test_a_bomb_is_cut_at_the_cap_while_streaming(gigabyte_bomb: bytes) -> None:
+    cap = 16 * MIB
+    told: list[int] = []
+    with pytest.raises(PprofError) as caught:
+        pprof.inspect(gigabyte_bomb, max_decompressed=cap, pause=lambda: None, on_inflate=told.append)
+    assert caught.value.reason == "too-large"
+    assert max(told) <= cap  # nothing past the cap was ever kept
+
+
+def test_on_inflate_can_stop_a_bomb_before_the_cap(gigabyte_bomb: bytes) -> None:
+    class Refused(Exception):
+        pass
+
+    def budget(total: int) -> None:
+        if total > 4 * MIB:
+            raise Refused
+
+    tracemalloc.start()
+    try:
+        with pytest.raises(Refused):
+            pprof.inspect(gigabyte_bomb, pause=lambda: None, on_inflate=budget)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * MIB
