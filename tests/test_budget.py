@@ -57,7 +57,7 @@ def test_a_grow_that_finds_no_room_waits_at_most_the_wait_then_is_temporary() ->
     mem = MemoryBudget(16 * MIB, wait=0.2, on_refuse=refused.append)
     with mem.reserve("hog") as hog:
         hog.grow_to(mem.share)
-        others = [mem.reserve(f"c{i}").__enter__() for i in range(7)]
+        others = [mem.reserve(f"c{i}").__enter__() for i in range(mem.total // mem.share - 1)]
         for other in others:
             other.grow_to(mem.share)  # the budget is full now
         started = time.monotonic()
@@ -75,7 +75,7 @@ def test_a_waiting_grow_is_granted_as_soon_as_room_is_given_back() -> None:
     mem = MemoryBudget(8 * MIB, wait=30.0)
     first = mem.reserve("first").__enter__()
     first.grow_to(mem.share)
-    holders = [mem.reserve(f"h{i}").__enter__() for i in range(7)]
+    holders = [mem.reserve(f"h{i}").__enter__() for i in range(mem.total // mem.share - 1)]
     for h in holders:
         h.grow_to(mem.share)
     granted = threading.Event()
@@ -98,7 +98,8 @@ def test_a_waiting_grow_is_granted_as_soon_as_room_is_given_back() -> None:
 
 def test_small_captures_keep_flowing_while_a_big_one_waits_for_headroom() -> None:
     mem = MemoryBudget(64 * MIB, wait=30.0)
-    small = mem.share  # 8 MiB: never waits behind big ones
+    small = mem.share  # 1 MiB: never waits behind big ones
+    assert small == budget.SHARE_MAX_BYTES
     hog = mem.reserve("hog").__enter__()
     hog.grow_to(40 * MIB)  # a hostile pod's body, big
     big_granted = threading.Event()

@@ -8,7 +8,8 @@ released when the capture ends, on every path. A grow that does not fit waits, a
 
 Fairness — one hostile pod must not starve the others:
 
-- a capture holding at most ``share`` (an eighth of the budget) is *small*: it grows whenever the bytes fit;
+- a capture holding at most ``share`` (1 MiB, or an eighth of a small budget) is *small*: it grows whenever the
+  bytes fit;
 - a capture growing past ``share`` is *big*: it must leave ``headroom`` (a quarter of the budget) free for small
   ones, and captures crossing the share wait in arrival order (only the head may cross), so normal profiles keep
   flowing while big ones take turns;
@@ -41,7 +42,11 @@ REASON = Reason.MEMORY_BUDGET
 LIMIT_FRACTION = 0.4
 #: when no limit can be read, or the cgroup says unlimited: what a 1 GiB pod would get, rounded up
 FALLBACK_TOTAL_BYTES = 512 * MIB  # bytes
-SHARE_DIVISOR = 8  # a capture up to total/8 is small: it never waits behind big ones
+#: a capture holding up to this much (body and decompressed copy) is small: it never queues behind big ones. Go's
+#: snapshot profiles of an ordinary service are tens of KB gzipped, a few hundred KB inflated. Kept small because
+#: every hostile capture holds up to this much while it waits for its turn as a big one.
+SHARE_MAX_BYTES = 1 * MIB  # bytes
+SHARE_DIVISOR = 8  # ... and at most total/8, for small budgets
 HEADROOM_DIVISOR = 4  # big captures leave total/4 free for small ones
 RETRY_DELAY_S = 5.0  # s: a capture refused for want of memory asks again after this (plus backoff)
 #: cgroup v1 writes "unlimited" as a page-rounded 2**63 - 1; anything above this is no limit
@@ -94,7 +99,7 @@ class MemoryBudget:
             raise ValueError("a memory budget needs a positive total")
         self.total = total
         self.wait = wait
-        self.share = total // SHARE_DIVISOR
+        self.share = min(total // SHARE_DIVISOR, SHARE_MAX_BYTES)
         self.headroom = total // HEADROOM_DIVISOR
         self.largest = total - self.headroom  # the most one capture may ever hold
         self.used = 0

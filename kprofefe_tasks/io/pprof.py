@@ -40,6 +40,9 @@ _INFLATE_CHUNK_BYTES = 1024 * 1024  # bytes
 # 256 KiB or walking 64 KiB of samples takes about a millisecond here, so the pause can yield every few ms.
 _COOPERATIVE_CHUNK_BYTES = 256 * 1024  # bytes
 _WALK_STEP_BYTES = 64 * 1024  # bytes
+# Compressed input per zlib call: zlib copies the input it has not consumed yet at every call, so feeding a
+# ~1 MB gzip bomb whole costs a 1 MB copy per output chunk, for every bomb in flight.
+_INPUT_STEP_BYTES = 64 * 1024  # bytes
 
 #: called between steps of work; a gevent worker yields to its hub in it (kprofefe_tasks.io.offload)
 Pause = Callable[[], None]
@@ -178,8 +181,18 @@ def decompress(data: bytes, max_bytes: int) -> bytes:
 def _gunzip(data: bytes, max_bytes: int, pause: Pause | None = None, on_inflate: OnInflate | None = None) -> bytearray:
     """Inflate every member, chunk by chunk: ``on_inflate`` hears of each chunk before it is kept, ``pause``
     runs between chunks, and the cap stops a bomb after about ``max_bytes`` of output, whatever it would become."""
-    step = _COOPERATIVE_CHUNK_BYTES if pause is not None else _INFLATE_CHUNK_BYTES
     out = bytearray()
+    try:
+        return _inflate_members(data, max_bytes, pause, on_inflate, out)
+    except BaseException:
+        out.clear()  # freed now, not when a kept traceback's frames go
+        raise
+
+
+def _inflate_members(
+    data: bytes, max_bytes: int, pause: Pause | None, on_inflate: OnInflate | None, out: bytearray
+) -> bytearray:
+    step = _COOPERATIVE_CHUNK_BYTES if pause is not None else _INFLATE_CHUNK_BYTES
     view = memoryview(data)
     pos = 0
     total = len(data)
@@ -188,9 +201,13 @@ def _gunzip(data: bytes, max_bytes: int, pause: Pause | None = None, on_inflate:
             # Go's multistream reader also fails on bytes after the last member.
             raise PprofError("corrupt-gzip", f"{total - pos} bytes of non-gzip data after a gzip member")
         inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
-        pending: memoryview | bytes = view[pos:]
+        fed = pos  # input is fed in slices: zlib copies what it has not consumed at every call (unconsumed_tail)
+        pending: memoryview | bytes = b""
         try:
             while True:
+                if not pending and fed < total:
+                    pending = view[fed : fed + _INPUT_STEP_BYTES]
+                    fed += len(pending)
                 room = max_bytes - len(out)
                 # Ask for one byte more than the room left: getting it proves the cap is exceeded.
                 chunk = inflater.decompress(pending, min(room + 1, step))
@@ -202,13 +219,13 @@ def _gunzip(data: bytes, max_bytes: int, pause: Pause | None = None, on_inflate:
                 if pause is not None:
                     pause()
                 pending = inflater.unconsumed_tail
-                if inflater.eof or (not pending and not chunk):
+                if inflater.eof or (not pending and not chunk and fed >= total):
                     break
         except zlib.error as exc:
             raise PprofError("corrupt-gzip", f"bad gzip stream: {exc}") from None
         if not inflater.eof:
             raise PprofError("truncated", "gzip stream ends before its trailer")
-        pos = total - len(inflater.unused_data)
+        pos = fed - len(inflater.unused_data) - len(inflater.unconsumed_tail)
     return out
 
 

@@ -41,6 +41,9 @@ def _serve_metrics(**_: Any) -> None:
 @signals.worker_ready.connect
 def _on_worker_ready(sender: Any = None, **_: Any) -> None:
     settings = get_settings()
+    # Building the Kubernetes client loads its configuration and models: about 0.4 s on the hub, measured. Done
+    # here, before any task, so the first discovery or pod-gone check does not hold every capture for it.
+    runtime().kube_or_none()
     if settings.hub_lag_warn > 0 and offload.gevent_patched():
         hublag.start(settings.hub_lag_warn)
         log.info("event-loop lag probe started (warns above %.0f ms)", settings.hub_lag_warn * 1000)
