@@ -1,6 +1,9 @@
 """``python -m bench all|round|throughput|discovery|memory|spread``: run scenarios, print figures and a table,
 write ``bench/results/latest.json``. Exit status 1 when a goal is missed or a count does not add up.
 
+``python -m bench hublag`` (event-loop lag with 10 MB profiles, ``KPROFEFE_OFFLOAD`` on and off) and
+``python -m bench hostile`` (peak RSS with 50 hostile pods, with and without the memory budget) run only by name.
+
 ``python -m bench soak [--quick] ...``: many rounds fired by the real celery beat, one line per round and a
 verdict on what grows (``bench/soak.py``, its own options: ``python -m bench soak --help``).
 
@@ -21,6 +24,7 @@ from bench.report import Result, machine, print_result, table, write_json
 from bench.scenarios import SCENARIOS, Config
 
 ORDER = ("round", "throughput", "discovery", "memory", "spread")
+BY_NAME = ("hublag", "hostile")  # A/B pairs of several minutes each: not part of "all"
 
 
 def _setting(item: str, parser: argparse.ArgumentParser) -> tuple[str, str]:
@@ -41,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return leases.main(args_in[1:])
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("scenarios", nargs="*", default=["all"], choices=["all", *ORDER], metavar="SCENARIO")
+    parser.add_argument("scenarios", nargs="*", default=["all"], choices=["all", *ORDER, *BY_NAME], metavar="SCENARIO")
     parser.add_argument("--runs", type=int, default=1, help="runs of each scenario (default: %(default)s)")
     parser.add_argument("--capture-processes", type=int, default=Config.capture_processes)
     parser.add_argument("--concurrency", type=int, default=Config.capture_concurrency, help="-c of capture workers")
@@ -60,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results", help="results directory")
     args = parser.parse_args(args_in)
 
-    names = list(ORDER) if "all" in args.scenarios else [s for s in ORDER if s in args.scenarios]
+    names = list(ORDER) if "all" in args.scenarios else [s for s in (*ORDER, *BY_NAME) if s in args.scenarios]
     cfg = Config(
         capture_processes=args.capture_processes,
         capture_concurrency=args.concurrency,

@@ -25,9 +25,15 @@ Handler = Callable[[dict[str, Any]], Any]
 
 
 def _farm(spec: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Handler], Callable[[], None]]:
-    from kprofefe_sandbox.farm import PprofFarm
+    from kprofefe_sandbox.farm import Behavior, PprofFarm
 
-    farm = PprofFarm.many(int(spec["count"]), port=int(spec["port"]), first=str(spec["first"])).start()
+    farm = PprofFarm.many(int(spec["count"]), port=int(spec["port"]), first=str(spec["first"]))
+    # ``modes``: [behavior, size] for the first targets (the hostile ones of ``bench hostile``); the rest are GO
+    for target, (behavior, size) in zip(farm.targets, spec.get("modes") or (), strict=False):
+        target.behavior = Behavior(behavior)
+        if size:
+            target.size = int(size)
+    farm.start()
 
     def stats(_: dict[str, Any]) -> dict[str, Any]:
         return {
@@ -84,7 +90,14 @@ def _profefe(spec: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Handler], 
             ],
         }
 
-    return {"url": server.url}, {"stats": stats, "clear": clear, "count": count, "since": since}, server.stop
+    def down(_: dict[str, Any]) -> None:
+        server.down()
+
+    def up(_: dict[str, Any]) -> None:
+        server.up()
+
+    handlers = {"stats": stats, "clear": clear, "count": count, "since": since, "down": down, "up": up}
+    return {"url": server.url}, handlers, server.stop
 
 
 def _kube(spec: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Handler], Callable[[], None]]:

@@ -280,6 +280,8 @@ class Sandbox:
     namespaces: int = 20
     env_overrides: dict[str, str] = field(default_factory=dict)
     keep_logs: Path | None = None
+    farm_modes: list[tuple[str, int]] = field(default_factory=list)
+    """[behavior, size] of the first farm targets (kprofefe_sandbox.farm.Behavior values); the rest answer as Go."""
     tmp: Path = field(init=False)
     redis: redis.Redis = field(init=False)
     farm: Double | None = field(init=False, default=None)
@@ -298,7 +300,9 @@ class Sandbox:
             # Without a farm (discovery only) the pods still get the addresses a farm would serve.
             addresses = loopback_addresses(self.pods, FIRST_ADDRESS)
             if self.farm_targets > 0:
-                self.farm = self._double("farm", count=self.farm_targets, port=PPROF_PORT, first=FIRST_ADDRESS)
+                self.farm = self._double(
+                    "farm", count=self.farm_targets, port=PPROF_PORT, first=FIRST_ADDRESS, modes=self.farm_modes
+                )
                 addresses = self.farm.info["addresses"]
             self.profefe = self._double("profefe")
             self.kube = self._double(
@@ -332,9 +336,10 @@ class Sandbox:
         env.update(self.env_overrides)
         return env
 
-    def start_workers(self, specs: list[WorkerSpec]) -> None:
-        """Start all at once (imports overlap), then wait until each says ``ready.``."""
-        env = self.env()
+    def start_workers(self, specs: list[WorkerSpec], **extra_env: str) -> None:
+        """Start all at once (imports overlap), then wait until each says ``ready.``. ``extra_env``: settings for
+        these workers only (e.g. a metrics port one of them binds)."""
+        env = {**self.env(), **extra_env}
         started: list[CeleryProcess] = []
         for spec in specs:
             index = sum(1 for s, _ in self.workers if s.role == spec.role)

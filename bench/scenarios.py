@@ -1,4 +1,4 @@
-"""The five benchmark scenarios. Each builds its own sandbox, triggers rounds as beat would, measures, cleans up.
+"""The benchmark scenarios. Each builds its own sandbox, triggers rounds as beat would, measures, cleans up.
 
 Every wait is bounded (a round that does not finish is reported as timed out, with its counts), and every process
 is stopped in ``finally``: a scenario never leaves workers, doubles or keys behind.
@@ -6,6 +6,7 @@ is stopped in ``finally``: a scenario never leaves workers, doubles or keys behi
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable
@@ -532,12 +533,164 @@ def _spread_figures(m: Measured) -> dict[str, Any]:
     }
 
 
+# -- 6. hublag ------------------------------------------------------------------------------------------------
+
+HUBLAG_LARGE_BYTES = 10 * MIB
+METRICS_HOST = "127.42.0.2"  # the capture worker's /metrics, scraped for the probe's figures
+
+
+def _scrape(port: int) -> dict[str, float]:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://{METRICS_HOST}:{port}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("kprofefe_hub_lag") or line.startswith("kprofefe_memory"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    return values
+
+
+def _hublag_side(cfg: Config, run: int, offload: str, large: int, normal: int) -> dict[str, Any]:
+    from kprofefe_sandbox.processes import free_port
+
+    modes = [("large_profile", HUBLAG_LARGE_BYTES)] * large
+    env = {"KPROFEFE_UPLOAD_ATTEMPTS": "1", "KPROFEFE_SPOOL_DRAIN_INTERVAL": "3600", "KPROFEFE_OFFLOAD": offload}
+    logs = cfg.out_dir / "logs" / f"hublag-{offload}-{run}" if cfg.keep_logs else None
+    pods = large + normal
+    with Sandbox(pods=pods, farm_targets=pods, env_overrides=cfg.env(**env), keep_logs=logs, farm_modes=modes) as sb:
+        port = free_port(METRICS_HOST)
+        sb.start_workers([DISCOVERY_WORKER])
+        sb.start_workers(capture_workers(1, 500), KPROFEFE_METRICS_HOST=METRICS_HOST, KPROFEFE_METRICS_PORT=str(port))
+        sb.profefe.call("down")  # every upload fails at once: every profile goes to the spool (fsync)
+        m = _measure(sb, cfg, f"hublag-{offload}-{run}", {"types": ["heap"]}, None, 300)
+        metrics = _scrape(port)
+        over = metrics.get("kprofefe_hub_lag_seconds_count", 0) - metrics.get(
+            'kprofefe_hub_lag_seconds_bucket{le="0.1"}', 0
+        )
+        return {
+            "max_lag_ms": round(metrics.get("kprofefe_hub_lag_max_seconds", 0) * 1000, 1),
+            "samples_over_100ms": int(over),
+            "samples": int(metrics.get("kprofefe_hub_lag_seconds_count", 0)),
+            "spooled": len(list((sb.tmp / "spool").glob("*.json"))),
+            "round_s": round(m.outcome.trigger_to_done_s, 2),
+            "outcomes": {k: v for k, v in m.outcome.report.items() if k not in ("started", "entry")},
+            "_m": m,
+            "_sb": sb,
+        }
+
+
+def hublag(cfg: Config, run: int) -> Result:
+    """10 MB profiles among normal ones, every upload spooled: the capture worker's event-loop lag, offload on/off."""
+    large, normal = cfg.n(12), cfg.n(200)
+    sides = {offload: _hublag_side(cfg, run, offload, large, normal) for offload in ("true", "false")}
+    on, off = sides["true"], sides["false"]
+    m, sb = on.pop("_m"), on.pop("_sb")
+    off.pop("_m"), off.pop("_sb")
+    expected = large + normal
+    result = _result(
+        "hublag",
+        run,
+        f"{large} x 10 MB + {normal} normal heap profiles, all spooled: hub lag max "
+        f"{on['max_lag_ms']:.0f} ms with KPROFEFE_OFFLOAD on, {off['max_lag_ms']:.0f} ms off",
+        [
+            Goal("hub lag max, offload on", on["max_lag_ms"], 100, "ms"),
+            Goal("spooled, offload on", on["spooled"], expected, "", higher_is_better=True),
+        ],
+        m,
+        sb,
+        expected=expected,
+        figures={"offload_on": on, "offload_off": off},
+    )
+    spooled = int(m.outcome.report.get("spooled", 0))
+    return dataclasses.replace(
+        result, failures=expected - spooled, counted=on["spooled"], count_what="spooled (profefe down)"
+    )
+
+
+# -- 7. hostile -----------------------------------------------------------------------------------------------
+
+#: the 50 hostile pods: gzip bombs (under the decompressed cap, so without a budget each inflates whole), bodies
+#: just under the 64 MiB body cap, bodies that drip a byte a second, HTML. Sized so that the run *without* the
+#: budget stays within a few GiB of this shared machine.
+HOSTILE_MIX = (
+    ("gzip_bomb", 12, 256 * MIB),
+    ("huge_body", 13, 60 * MIB),
+    ("slow_drip", 13, 0),
+    ("html", 12, 0),
+)
+CONTAINER_LIMIT = 1024 * MIB  # deploy/base/capture.yaml's memory limit: the budget's default follows from it
+
+
+def _hostile_side(cfg: Config, run: int, budget_bytes: int, normal: int) -> dict[str, Any]:
+    modes = [(behavior, size) for behavior, count, size in HOSTILE_MIX for _ in range(count)]
+    hostile = len(modes)
+    env = {
+        "KPROFEFE_MEMORY_BUDGET_BYTES": str(budget_bytes),
+        "KPROFEFE_READ_TIMEOUT": "5",  # drips end at the read deadline: 5 s keeps the run short
+        "KPROFEFE_CAPTURE_RETRIES": "1",
+    }
+    logs = cfg.out_dir / "logs" / f"hostile-{budget_bytes}-{run}" if cfg.keep_logs else None
+    pods = hostile + normal
+    with Sandbox(pods=pods, farm_targets=pods, env_overrides=cfg.env(**env), keep_logs=logs, farm_modes=modes) as sb:
+        sb.start_workers([DISCOVERY_WORKER, *capture_workers(1, 500)])
+        pid = sb.worker_pids("capture")[0]
+        idle = harness.proc_status_kib(pid).get("VmRSS", 0) / 1024
+        m = _measure(sb, cfg, f"hostile-{run}", {"types": ["heap"]}, None, 300)
+        hwm = harness.proc_status_kib(pid).get("VmHWM", 0) / 1024
+        alive = all(proc.proc is not None and proc.proc.poll() is None for _, proc in sb.workers)
+        return {
+            "budget_mib": round(budget_bytes / MIB),
+            "peak_rss_mib": round(hwm),
+            "idle_rss_mib": round(idle),
+            "normal_stored": int(m.profefe.get("stored", 0)),
+            "normal_expected": normal,
+            "worker_alive": alive,
+            "round_s": round(m.outcome.trigger_to_done_s, 2),
+            "outcomes": {k: v for k, v in m.outcome.report.items() if k not in ("started", "entry")},
+            "_m": m,
+            "_sb": sb,
+            "_hostile": hostile,
+        }
+
+
+def hostile(cfg: Config, run: int) -> Result:
+    """50 hostile pods among normal ones, one capture worker (-c 500): peak RSS with the memory budget and without."""
+    from kprofefe_tasks.io import budget
+
+    normal = cfg.n(150)
+    default = budget.default_total(CONTAINER_LIMIT)
+    with_budget = _hostile_side(cfg, run, default, normal)
+    without = _hostile_side(cfg, run, 1 << 40, normal)  # 1 TiB: no budget in effect
+    m, sb, hostile_pods = with_budget.pop("_m"), with_budget.pop("_sb"), with_budget.pop("_hostile")
+    for key in ("_m", "_sb", "_hostile"):
+        without.pop(key)
+    result = _result(
+        "hostile",
+        run,
+        f"{hostile_pods} hostile + {normal} normal pods: worker peak RSS {with_budget['peak_rss_mib']} MiB with the "
+        f"default budget ({with_budget['budget_mib']} MiB for a 1 GiB pod), {without['peak_rss_mib']} MiB without",
+        [
+            Goal("peak RSS with the budget", with_budget["peak_rss_mib"], CONTAINER_LIMIT / MIB, "MiB"),
+            Goal("normal profiles stored", with_budget["normal_stored"], normal, "", higher_is_better=True),
+        ],
+        m,
+        sb,
+        expected=normal,
+        figures={"with_budget": with_budget, "without_budget": without},
+    )
+    return dataclasses.replace(result, failures=max(0, result.failures - hostile_pods))
+
+
 SCENARIOS: dict[str, Callable[[Config, int], Result]] = {
     "round": round_,
     "throughput": throughput,
     "discovery": discovery,
     "memory": memory,
     "spread": spread,
+    "hublag": hublag,
+    "hostile": hostile,
 }
 
 __all__ = ["SCENARIOS", "Config"]

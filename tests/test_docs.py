@@ -16,8 +16,8 @@ import yaml
 from kprofefe_tasks.config import sizing
 from kprofefe_tasks.config.settings import Settings
 from kprofefe_tasks.coordination.rounds import ROUND_MARGIN_S
-from kprofefe_tasks.io import spool
-from kprofefe_tasks.worker import events
+from kprofefe_tasks.io import budget, spool
+from kprofefe_tasks.worker import events, hublag
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULTS = Settings()
@@ -67,6 +67,13 @@ CLAIMS: list[tuple[str, str, Callable[[], float]]] = [
     ("README.md", r"the longest capture \+ (\d+) s\)", lambda: ROUND_MARGIN_S),
     ("deploy/README.md", r"--maxmemory (\d+)mb", lambda: sizing.maxmemory_mb(sizing.BASE_PODS)),
     ("README.md", r"dropped once older than (\d+) h \(`reason=\"orphan\"`\)", lambda: spool.ORPHAN_AGE / 3600),
+    ("README.md", r"Unset, it is (\d+)% of the container", lambda: budget.LIMIT_FRACTION * 100),
+    ("README.md", r"0: (\d+)% of the container's memory limit", lambda: budget.LIMIT_FRACTION * 100),
+    ("README.md", r"`memory.limit_in_bytes`\), (\d+) MiB when there is", lambda: budget.FALLBACK_TOTAL_BYTES / MIB),
+    ("README.md", r"(\d+) MiB in the 1 GiB capture pod", lambda: round(budget.default_total(1024 * MIB) / MIB)),
+    ("README.md", r"A capture holding up to (\d+) MiB never", lambda: budget.SHARE_MAX_BYTES / MIB),
+    ("README.md", r"asks for a (\d+) ms sleep", lambda: hublag.PROBE_INTERVAL_S * 1000),
+    ("deploy/base/capture.yaml", r"unset, (\d+)% of this limit", lambda: budget.LIMIT_FRACTION * 100),
 ]
 
 
