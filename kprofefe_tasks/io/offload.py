@@ -4,7 +4,7 @@ A capture worker runs hundreds of captures as greenlets on one thread. Anything 
 yielding stops all of them: their deadlines stop being checked, CPU windows overrun, sockets back up. Two kinds of
 work did that:
 
-- **file I/O** (spool writes with ``fsync``, the directory sink): :func:`run_blocking` sends it to gevent's
+- **file I/O** (spool writes with ``fsync``, the directory sink): :func:`run_blocking` sends it to a small gevent
   thread pool, where the GIL is released while the kernel works, and the calling greenlet waits cooperatively;
 - **CPU work** (gunzip and the protobuf walk of a profile of up to hundreds of MB, pure Python): it cannot leave
   the GIL, so it is cut into steps instead: :class:`Cooperator` is the ``pause`` that
@@ -19,6 +19,7 @@ off, for A/B measurements (``python -m bench hublag``).
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -28,6 +29,13 @@ T = TypeVar("T")
 #: the longest a capture's CPU work holds the hub before it yields; a few ms keeps the loop's lag small while
 #: costing a few hundred switches per second of work
 SLICE_SECONDS = 0.005  # s
+#: threads for file I/O. Each spool write also runs Python (the cap check lists the spool), which holds the GIL,
+#: and the hub waits for the GIL behind every runnable thread. bench hublag, largest lag with 200 spool writes in
+#: a burst: 207 ms with gevent's default pool of 10 threads, 110 ms with 2, 106 ms with 1; two keep one fsync in
+#: flight while the other thread writes.
+FILE_THREADS = 2
+
+_pool: tuple[int, Any] | None = None
 
 
 def gevent_patched() -> bool:
@@ -47,10 +55,18 @@ def run_blocking(fn: Callable[..., T], *args: Any) -> T:
     """
     if not gevent_patched():
         return fn(*args)
-    from gevent import get_hub
-
-    result: T = get_hub().threadpool.apply(fn, args)
+    result: T = _file_pool().apply(fn, args)
     return result
+
+
+def _file_pool() -> Any:
+    """This process's file I/O pool (a forked child builds its own)."""
+    global _pool
+    if _pool is None or _pool[0] != os.getpid():
+        from gevent.threadpool import ThreadPool
+
+        _pool = (os.getpid(), ThreadPool(FILE_THREADS))
+    return _pool[1]
 
 
 class Cooperator:
