@@ -576,6 +576,7 @@ def _hublag_side(cfg: Config, run: int, offload: str, large: int, normal: int) -
             "spooled": len(list((sb.tmp / "spool").glob("*.json"))),
             "round_s": round(m.outcome.trigger_to_done_s, 2),
             "outcomes": {k: v for k, v in m.outcome.report.items() if k not in ("started", "entry")},
+            "db_intact": sb.db_intact(),
             "_m": m,
             "_sb": sb,
         }
@@ -604,9 +605,19 @@ def hublag(cfg: Config, run: int) -> Result:
         figures={"offload_on": on, "offload_off": off},
     )
     spooled = int(m.outcome.report.get("spooled", 0))
+    result = _pair_void(result, on["db_intact"] and off["db_intact"])
     return dataclasses.replace(
         result, failures=expected - spooled, counted=on["spooled"], count_what="spooled (profefe down)"
     )
+
+
+def _pair_void(result: Result, intact: bool) -> Result:
+    """An A/B pair runs two sandboxes one after the other, and the second flushes the database the first used: its
+    intactness was checked inside each sandbox instead."""
+    notes = [n for n in result.notes if "was flushed" not in n]
+    if not intact:
+        notes.append(f"Redis db {harness.REDIS_DB} was flushed by another process during the run: figures void")
+    return dataclasses.replace(result, void=not intact, notes=notes)
 
 
 # -- 7. hostile -----------------------------------------------------------------------------------------------
@@ -649,6 +660,7 @@ def _hostile_side(cfg: Config, run: int, budget_bytes: int, normal: int) -> dict
             "worker_alive": alive,
             "round_s": round(m.outcome.trigger_to_done_s, 2),
             "outcomes": {k: v for k, v in m.outcome.report.items() if k not in ("started", "entry")},
+            "db_intact": sb.db_intact(),
             "_m": m,
             "_sb": sb,
             "_hostile": hostile,
@@ -680,6 +692,7 @@ def hostile(cfg: Config, run: int) -> Result:
         expected=normal,
         figures={"with_budget": with_budget, "without_budget": without},
     )
+    result = _pair_void(result, with_budget["db_intact"] and without["db_intact"])
     return dataclasses.replace(result, failures=max(0, result.failures - hostile_pods))
 
 
