@@ -29,10 +29,10 @@ T = TypeVar("T")
 #: the longest a capture's CPU work holds the hub before it yields; a few ms keeps the loop's lag small while
 #: costing a few hundred switches per second of work
 SLICE_SECONDS = 0.005  # s
-#: threads for file I/O. Each spool write also runs Python (the cap check lists the spool), which holds the GIL,
-#: and the hub waits for the GIL behind every runnable thread. bench hublag, largest lag with 200 spool writes in
-#: a burst: 207 ms with gevent's default pool of 10 threads, 110 ms with 2, 106 ms with 1; two keep one fsync in
-#: flight while the other thread writes.
+#: threads for file I/O. A spool write also runs Python (its metadata, the index bookkeeping), which holds the
+#: GIL, and the hub waits for the GIL behind every runnable thread. bench hublag, largest lag with 200 spool writes
+#: in a burst (measured with the spool of 78a22eb, which listed itself on every write): 207 ms with gevent's default
+#: pool of 10 threads, 110 ms with 2, 106 ms with 1. Two keep one fsync in flight while the other thread writes.
 FILE_THREADS = 2
 
 _pool: tuple[int, Any] | None = None

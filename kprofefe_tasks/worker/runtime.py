@@ -138,7 +138,7 @@ class Runtime:
         return bool(meta.get("deletionTimestamp")) or (bool(target.uid) and meta.get("uid") != target.uid)
 
     def update_spool_gauges(self) -> None:
-        count, size = offload.run_blocking(self.spool.stats) if self.settings.offload else self.spool.stats()
+        count, size = self.spool.stats()
         metrics.SPOOL_PROFILES.set(count)
         metrics.SPOOL_BYTES.set(size)
 
