@@ -145,7 +145,12 @@ class Runtime:
 
 def build_runtime(settings: Settings) -> Runtime:
     client = coordination.connect(settings.locks_redis_url, settings.broker_max_connections)
-    spool = Spool(settings.spool_dir, settings.spool_max_bytes, on_drop=_on_spool_drop)
+    spool = Spool(
+        settings.spool_dir,
+        settings.spool_max_bytes,
+        on_drop=_on_spool_drop,
+        blocking=offload.run_blocking if settings.offload else None,
+    )
     bucket = (
         coordination.TokenBucket(client, "uploads", settings.upload_rate, settings.upload_burst)
         if settings.upload_rate > 0
