@@ -25,7 +25,9 @@ lags = []
 def probe():
     while True:
         started = time.perf_counter(); gevent.sleep(0.02); lags.append(time.perf_counter() - started - 0.02)
-gevent.spawn(probe); gevent.sleep(0.1)
+gevent.spawn(probe)
+while not lags:  # the probe is running
+    gevent.sleep(0.01)
 out = {}
 for mode in ("off", "on"):
     del lags[:]
@@ -48,7 +50,8 @@ def test_cooperative_inspection_keeps_the_loop_running_and_file_io_leaves_the_hu
     # leaves room for a busy 2-core machine; print the figures for the record.
     print(figures)
     assert figures["off"]["max_lag"] > 0.1
-    assert figures["on"]["max_lag"] < 0.05
+    # relative, not an absolute figure: a loaded CI machine delays both modes' timers alike
+    assert figures["on"]["max_lag"] < figures["off"]["max_lag"] / 3
     assert figures["pool_thread_differs"] is True
 
 
