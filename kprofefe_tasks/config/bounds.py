@@ -25,7 +25,7 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from kprofefe_tasks.config.settings import Settings
+from kprofefe_tasks.config.settings import HARD_DEADLINE_GRACE_S, Settings
 
 MIN_LEASE_S = 8  # the lease outlives three missed renewals (a quarter each) of at least 2 s: a Redis blip, a GC pause
 
@@ -44,6 +44,11 @@ def capture_terms(s: Settings, cpu_seconds: int) -> list[Term]:
         Term(f"CPU window {cpu_seconds} s + read margin", s.cpu_deadline(cpu_seconds), ("cpu_seconds", "READ_MARGIN")),
         Term("connecting to the pod", s.connect_timeout, ("CONNECT_TIMEOUT",)),
         Term(
+            "the fetch's hard-deadline grace (memory-budget waits and inspection run inside it)",
+            HARD_DEADLINE_GRACE_S,
+            (),
+        ),
+        Term(
             f"{s.upload_attempts} uploads, each rate-limit wait + connect + upload + backoff",
             s.upload_attempts * one_upload,
             ("UPLOAD_ATTEMPTS", "UPLOAD_WAIT_MAX", "CONNECT_TIMEOUT", "UPLOAD_TIMEOUT", "BACKOFF_MAX"),
@@ -54,7 +59,10 @@ def capture_terms(s: Settings, cpu_seconds: int) -> list[Term]:
 
 def explain(s: Settings, cpu_seconds: int) -> str:
     terms = capture_terms(s, cpu_seconds)
-    parts = [f"{t.seconds:g} s {t.what} ({', '.join(_var(v) for v in t.variables)})" for t in terms]
+    parts = [
+        f"{t.seconds:g} s {t.what}" + (f" ({', '.join(_var(v) for v in t.variables)})" if t.variables else "")
+        for t in terms
+    ]
     return f"{s.capture_bound(cpu_seconds):g} s = " + " + ".join(parts)
 
 

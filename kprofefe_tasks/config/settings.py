@@ -17,6 +17,7 @@ from typing import Any
 
 from kprofefe_tasks.domain.errors import ConfigError
 
+HARD_DEADLINE_GRACE_S = 2.0  # s past a capture's deadline (plus connect): only a never-ending answer reaches it
 ENV_PREFIX = "KPROFEFE_"
 
 #: profefe's type names, in the order a round takes them. ``cpu`` is Go's ``/profile?seconds=N``.
@@ -367,8 +368,9 @@ class Settings:
         return self.upload_attempts * one + self.upload_timeout  # + the wait before looking for a timed-out upload
 
     def capture_bound(self, cpu_seconds: int) -> float:
-        """The longest a capture may run once started: the CPU window with its margin, then the upload."""
-        return self.cpu_deadline(cpu_seconds) + self.connect_timeout + self.upload_bound()
+        """The longest a capture may run once started: the CPU window with its margin and the fetch's hard
+        deadline (a gevent timer; memory-budget waits and inspection run inside it), then the upload."""
+        return self.cpu_deadline(cpu_seconds) + self.connect_timeout + HARD_DEADLINE_GRACE_S + self.upload_bound()
 
     def redelivery_bound(self) -> float:
         """The longest a dead worker's capture waits before it is handed to another (Redis: the lease, i.e. the

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import requests
 import urllib3
 
-from kprofefe_tasks.config.settings import Settings
+from kprofefe_tasks.config.settings import HARD_DEADLINE_GRACE_S, Settings
 from kprofefe_tasks.domain.delivery import Delivery
 from kprofefe_tasks.domain.errors import (
     BusyError,
@@ -33,7 +33,6 @@ from kprofefe_tasks.io.http import retry_after
 from kprofefe_tasks.io.kube import Kube, ProxiedAnswer
 
 CHUNK_BYTES = 64 * 1024  # one socket read; small enough that a deadline check runs often
-HARD_DEADLINE_GRACE_S = 2.0  # s past a capture's deadline (plus connect): only a never-ending answer reaches it
 CPU_BUSY_MARKER = b"cpu profiling already in use"  # Go's answer to a second concurrent CPU profile
 
 
