@@ -47,7 +47,7 @@ def test_without_leases_the_visibility_timeout_must_exceed_the_longest_capture()
 
 def test_on_rabbitmq_the_consumer_timeout_must_exceed_the_capture_and_its_spread_wait() -> None:
     s = Settings(broker_url=AMQP, redis_url=REDIS)
-    assert bounds.problems(s, leases=False, cpu_seconds=30, held_spread=600) == []  # 688 + 600 < 1800
+    assert bounds.problems(s, leases=False, cpu_seconds=30, held_spread=600) == []  # 690 + 600 < 1800
     short = s.replace(amqp_consumer_timeout=900)
     (problem,) = bounds.problems(short, leases=False, cpu_seconds=30, held_spread=600)
     assert "KPROFEFE_AMQP_CONSUMER_TIMEOUT=900" in problem and "spread offset" in problem
