@@ -18,6 +18,7 @@ import redis
 import requests
 from kprofefe_sandbox.processes import CeleryProcess, free_port
 
+from tests.scrape import sample
 from tests.test_chaos import Sandbox, open_sandbox, stored_counts, wait_for
 
 pytestmark = [pytest.mark.chaos, pytest.mark.integration]
@@ -39,13 +40,7 @@ def refuses_writes(client: redis.Redis) -> bool:
 
 
 def metric(port: int, name: str, **labels: str) -> float:
-    text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-    total = 0.0
-    for line in text.splitlines():
-        head, _, value = line.rpartition(" ")
-        if head.startswith(name + "{") and all(f'{k}="{v}"' in head for k, v in labels.items()):
-            total += float(value)
-    return total
+    return sample(requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text, name, **labels)
 
 
 def beat(sandbox: Sandbox, tmp: Path) -> CeleryProcess:

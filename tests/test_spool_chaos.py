@@ -31,6 +31,7 @@ from kprofefe_tasks import tasks
 from kprofefe_tasks.domain.delivery import capture_id_for, digest_of
 from kprofefe_tasks.io.spool import Spool
 from tests.conftest import Stack
+from tests.scrape import sample
 from tests.tmpfs import mounted_tmpfs
 
 pytestmark = [pytest.mark.chaos, pytest.mark.integration]
@@ -72,16 +73,6 @@ def wait_for(condition: Callable[[], bool], timeout: float, what: str, logs: Cal
 
 def scrape(port: int) -> str:
     return requests.get(f"http://{METRICS_HOST}:{port}/metrics", timeout=5).text
-
-
-def sample(text: str, name: str, **labels: str) -> float:
-    """The sum of the samples of ``name`` with these labels (over the labels not given, e.g. ``type``)."""
-    total = 0.0
-    for line in text.splitlines():
-        head, _, value = line.rpartition(" ")
-        if head.startswith(name + "{") and all(f'{k}="{v}"' in head for k, v in labels.items()):
-            total += float(value)
-    return total
 
 
 def outcomes_logged(logs: str, outcome: str, reason: str) -> Counter[tuple[str, str]]:
