@@ -37,6 +37,7 @@ import os
 import posixpath
 import random
 import re
+import signal
 import socket
 import sys
 import threading
@@ -924,6 +925,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1", help="listen address (default: %(default)s)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="listen port (default: %(default)s)")
     args = parser.parse_args(argv)
+    # Ctrl-C stops it even when started in the background: a shell without job control starts `cmd &` with
+    # SIGINT ignored, and Python keeps an inherited SIG_IGN (the test suite run under nohup hung here)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     with ProfefeServer(args.host, args.port) as server:
         print(f"profefe double listening on {server.url} (Ctrl-C to stop)", flush=True)
         with contextlib.suppress(KeyboardInterrupt):
