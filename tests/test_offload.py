@@ -38,6 +38,11 @@ for mode in ("off", "on"):
     gevent.sleep(0.05)
 main = threading.get_native_id()
 out["pool_thread_differs"] = offload.run_blocking(threading.get_native_id) != main
+try:  # an error in the pool comes back raised, and gevent does not print it
+    offload.run_blocking(open, "/nonexistent/kprofefe")
+    out["raised"] = False
+except FileNotFoundError:
+    out["raised"] = True
 print(json.dumps(out))
 """
 
@@ -53,6 +58,7 @@ def test_cooperative_inspection_keeps_the_loop_running_and_file_io_leaves_the_hu
     # relative, not an absolute figure: a loaded CI machine delays both modes' timers alike
     assert figures["on"]["max_lag"] < figures["off"]["max_lag"] / 3
     assert figures["pool_thread_differs"] is True
+    assert figures["raised"] is True and "Traceback" not in done.stderr, done.stderr
 
 
 def test_outside_gevent_everything_is_a_plain_call() -> None:

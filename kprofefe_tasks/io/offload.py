@@ -50,13 +50,25 @@ def gevent_patched() -> bool:
 def run_blocking(fn: Callable[..., T], *args: Any) -> T:
     """``fn(*args)`` in gevent's thread pool when gevent has patched the process, else called directly.
 
-    Only for work that touches files and nothing of gevent's (no sockets, no greenlets); exceptions come back to the
-    caller as raised.
+    Only for work that touches files and nothing shared with the hub: no sockets, no greenlets, no lock a greenlet
+    may hold, no logging (whose handlers lock). Exceptions come back to the caller as raised.
     """
     if not gevent_patched():
         return fn(*args)
-    result: T = _file_pool().apply(fn, args)
+    ok, value = _file_pool().apply(_captured, (fn, args))
+    if not ok:
+        raise value
+    result: T = value
     return result
+
+
+def _captured(fn: Callable[..., Any], args: tuple[Any, ...]) -> tuple[bool, Any]:
+    """Run in the pool: an exception comes back as a value, re-raised by the caller, because gevent's thread pool
+    would also print the traceback of each one (a full spool disk printed one per refused profile)."""
+    try:
+        return True, fn(*args)
+    except BaseException as exc:
+        return False, exc
 
 
 def _file_pool() -> Any:

@@ -160,8 +160,9 @@ class Spool:
         blocking: Callable[..., Any] | None = None,
     ) -> None:
         self.directory = Path(directory)
-        # how a drain runs its directory listing and payload reads: a gevent worker passes
-        # kprofefe_tasks.io.offload.run_blocking, so 5,000 entries' listing (~170 ms) does not hold its event loop
+        # how the file system work runs (writes, listings, reads; never the lock, the index or a log line): a
+        # gevent worker passes kprofefe_tasks.io.offload.run_blocking, so an fsync or a 5,000-entry listing
+        # (~170 ms) does not hold its event loop, and no lock is ever shared between the hub and a thread
         self._blocking: Callable[..., Any] = blocking or (lambda fn, *args: fn(*args))
         self.rejected_dir = self.directory / "rejected"
         self.max_bytes = max_bytes
@@ -214,75 +215,28 @@ class Spool:
         return waiting
 
     def _scan(self, directory: Path, *, validate: bool) -> list[Entry]:
-        """Complete entries of ``directory``, oldest first; corrupt entries and old orphans are dropped."""
-        try:
-            names = os.listdir(directory)
-        except FileNotFoundError:
-            return []
-        present = set(names)
-        now = time.time()
+        """Complete entries of ``directory``, oldest first; corrupt entries and old orphans are dropped.
+
+        The file system work (listing, stats, reading metadata to validate it) runs through ``blocking``, off a
+        gevent worker's hub, and touches nothing shared; what it found is applied here: the drops (logged,
+        counted) and the stale leftovers. The lock, held by the caller, keeps puts from reserving meanwhile, so
+        the snapshot of the names being written or removed stays true."""
+        pending = frozenset(self._index_for(directory).pending)
+        found: list[tuple[str, str, Any]] = self._blocking(
+            _survey, directory, validate, frozenset(self._leaving), pending, self.orphan_age
+        )
         entries = []
-        for filename in sorted(names):
-            path = directory / filename
-            if filename.split(".", 1)[0] in self._leaving:
-                continue  # the cap is removing it right now, and counts it
-            if filename.endswith(META):
-                name = filename[: -len(META)]
-                entry = self._complete(directory, name, validate=validate)
-                if entry is not None:
-                    entries.append(entry)
-            elif filename.endswith(BAD):
-                self._drop_files(directory, filename[: -len(BAD)], DROP_CORRUPT, "unreadable metadata set aside")
-            elif filename.endswith(BODY) and filename[: -len(BODY)] + META not in present:
-                name = filename[: -len(BODY)]
-                if name in self._index_for(directory).pending or not self._older(path, now):
-                    continue  # a put between its two renames
-                self._drop_files(directory, name, DROP_ORPHAN, "payload without metadata")
-            elif filename.endswith(MARKER) and filename[: -len(MARKER)] + META not in present:
+        for action, name, detail in found:
+            if action == "entry":
+                entries.append(Entry(name, directory / f"{name}{META}", directory / f"{name}{BODY}", detail))
+            elif action in (DROP_CORRUPT, DROP_ORPHAN):
+                self._drop_files(directory, name, action, detail)
+            elif action == "leftover":
+                if detail:
+                    log.info("spool: removed a write's leftover %s", directory / name)  # its task was redelivered
                 with contextlib.suppress(FileNotFoundError):
-                    path.unlink()  # the entry it marked is gone: nothing to count
-            elif filename.startswith(".") and filename.endswith(TMP) and self._older(path, now):
-                log.info("spool: removed a write's leftover %s", path)  # never an entry; its task was redelivered
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
+                    (directory / name).unlink()
         return entries
-
-    def _older(self, path: Path, now: float) -> bool:
-        try:
-            return now - path.stat().st_mtime > self.orphan_age
-        except FileNotFoundError:
-            return False
-
-    def _complete(self, directory: Path, name: str, *, validate: bool) -> Entry | None:
-        """The entry ``name`` if its body is there (and, with ``validate``, its metadata reads and agrees)."""
-        meta_path, body_path = directory / f"{name}{META}", directory / f"{name}{BODY}"
-        try:
-            size = body_path.stat().st_size
-        except FileNotFoundError:
-            if not meta_path.exists():
-                return None  # removed meanwhile
-            self._drop_files(directory, name, DROP_CORRUPT, "metadata without payload")
-            return None
-        if validate:
-            problem = self._meta_problem(meta_path, size)
-            if problem:
-                self._drop_files(directory, name, DROP_CORRUPT, problem)
-                return None
-        return Entry(name, meta_path, body_path, size)
-
-    @staticmethod
-    def _meta_problem(meta_path: Path, size: int) -> str:
-        try:
-            meta = json.loads(meta_path.read_bytes())
-        except FileNotFoundError:
-            return ""  # removed meanwhile: not ours to count
-        except (OSError, ValueError) as exc:
-            return f"unreadable metadata: {exc}"
-        if not isinstance(meta, dict) or any(not meta.get(key) for key in _REQUIRED_META):
-            return "metadata without capture_id, service or type"
-        if "bytes" in meta and meta["bytes"] != size:
-            return f"payload has {size} bytes, metadata says {meta['bytes']}"
-        return ""
 
     def _drop_files(self, directory: Path, name: str, reason: str, why: str, delivery: Delivery | None = None) -> bool:
         """Remove an entry's files and count one drop, if anything was there to remove."""
@@ -320,6 +274,17 @@ class Spool:
         return f"{ns:020d}-{delivery.digest}"
 
     # -- writing -----------------------------------------------------------------------------------------------
+
+    def _write_entry(self, body_path: Path, meta_path: Path, body: bytes, meta: bytes) -> None:
+        """Both files of an entry, or neither (file system only: it runs in a thread in a gevent worker)."""
+        try:
+            self._ensure()
+            self._write_atomic(body_path, body)
+            self._write_atomic(meta_path, meta)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                body_path.unlink()  # the body without its metadata is not an entry
+            raise
 
     def _write_atomic(self, path: Path, data: bytes) -> None:
         """``data`` at ``path`` or nothing: written to a temporary name, fsynced, renamed; the temp removed on error."""
@@ -376,15 +341,9 @@ class Spool:
         for victim in victims:
             self._drop_victim(victim.meta_path.parent, victim)
         body_path, meta_path = directory / f"{name}{BODY}", directory / f"{name}{META}"
+        meta = json.dumps({**delivery.meta(), **(extra or {})}).encode()
         try:
-            try:
-                self._ensure()
-                self._write_atomic(body_path, delivery.body)
-                self._write_atomic(meta_path, json.dumps({**delivery.meta(), **(extra or {})}).encode())
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    body_path.unlink()  # the body without its metadata is not an entry
-                raise
+            self._blocking(self._write_entry, body_path, meta_path, delivery.body, meta)
         except OSError as exc:
             with self._lock:
                 index.release(name)
@@ -544,7 +503,7 @@ class Spool:
                 if not locked:
                     result.error = "another process is draining"
                     return result
-                entries: list[Entry] = self._blocking(self.refresh)
+                entries = self.refresh()
                 for index, entry in enumerate(entries):
                     if self._drain_one(entry, send, on_sent, already_sent, on_rejected, result):
                         result.left = len(entries) - index
@@ -645,3 +604,66 @@ class Spool:
         self._remove_delivered(entry)
         if on_rejected is not None:
             on_rejected(delivery, exc.reason, f"rejected:{kept.name}")
+
+
+def _survey(
+    directory: Path, validate: bool, leaving: frozenset[str], pending: frozenset[str], orphan_age: float
+) -> list[tuple[str, str, Any]]:
+    """What ``directory`` holds, from the file system alone (no lock, no log, nothing shared: it may run in a
+    thread), oldest first: ``("entry", name, size)``, ``(DROP_CORRUPT | DROP_ORPHAN, name, why)``, and
+    ``("leftover", filename, log_it)`` for a stale marker or a write's temporary file."""
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    present = set(names)
+    now = time.time()
+    found: list[tuple[str, str, Any]] = []
+
+    def older(path: Path) -> bool:
+        try:
+            return now - path.stat().st_mtime > orphan_age
+        except FileNotFoundError:
+            return False
+
+    for filename in sorted(names):
+        path = directory / filename
+        if filename.split(".", 1)[0] in leaving:
+            continue  # the cap is removing it right now, and counts it
+        if filename.endswith(META):
+            name = filename[: -len(META)]
+            meta_path, body_path = directory / filename, directory / f"{name}{BODY}"
+            try:
+                size = body_path.stat().st_size
+            except FileNotFoundError:
+                if meta_path.exists():
+                    found.append((DROP_CORRUPT, name, "metadata without payload"))
+                continue  # else removed meanwhile
+            problem = _meta_problem(meta_path, size) if validate else ""
+            found.append((DROP_CORRUPT, name, problem) if problem else ("entry", name, size))
+        elif filename.endswith(BAD):
+            found.append((DROP_CORRUPT, filename[: -len(BAD)], "unreadable metadata set aside"))
+        elif filename.endswith(BODY) and filename[: -len(BODY)] + META not in present:
+            name = filename[: -len(BODY)]
+            if name in pending or not older(path):
+                continue  # a put between its two renames
+            found.append((DROP_ORPHAN, name, "payload without metadata"))
+        elif filename.endswith(MARKER) and filename[: -len(MARKER)] + META not in present:
+            found.append(("leftover", filename, False))  # the entry it marked is gone: nothing to count
+        elif filename.startswith(".") and filename.endswith(TMP) and older(path):
+            found.append(("leftover", filename, True))  # never an entry
+    return found
+
+
+def _meta_problem(meta_path: Path, size: int) -> str:
+    try:
+        meta = json.loads(meta_path.read_bytes())
+    except FileNotFoundError:
+        return ""  # removed meanwhile: not ours to count
+    except (OSError, ValueError) as exc:
+        return f"unreadable metadata: {exc}"
+    if not isinstance(meta, dict) or any(not meta.get(key) for key in _REQUIRED_META):
+        return "metadata without capture_id, service or type"
+    if "bytes" in meta and meta["bytes"] != size:
+        return f"payload has {size} bytes, metadata says {meta['bytes']}"
+    return ""

@@ -22,7 +22,7 @@ from kprofefe_tasks.io import budget, http, offload, pods
 from kprofefe_tasks.io.kube import Kube
 from kprofefe_tasks.io.profefe import ProfefeClient
 from kprofefe_tasks.io.sinks import DirectorySink, ProfefeSink, Sink
-from kprofefe_tasks.io.spool import Entry, Spool
+from kprofefe_tasks.io.spool import Spool
 from kprofefe_tasks.pipeline.capture import CapturePipeline, Policy
 
 log = logging.getLogger("kprofefe.tasks")
@@ -30,19 +30,6 @@ log = logging.getLogger("kprofefe.tasks")
 POD_HTTP_POOL = 8  # connections kept per pod: one round asks a pod for at most six profiles at once
 HOST_POOLS = 2000  # pods whose connections are cached; more just means new connections next round
 PROFEFE_POOL = 1000  # connections to profefe: a gevent worker may upload hundreds of profiles at once
-
-
-class OffHubSpool:
-    """The pipeline's spool port with its writes (two files, each fsynced) in gevent's thread pool."""
-
-    def __init__(self, spool: Spool) -> None:
-        self.spool = spool
-
-    def put(self, delivery: Delivery) -> Entry:
-        return offload.run_blocking(self.spool.put, delivery)
-
-    def reject(self, delivery: Delivery, error: str) -> Entry:
-        return offload.run_blocking(self.spool.reject, delivery, error)
 
 
 class OffHubSink:
@@ -77,11 +64,10 @@ class Runtime:
     def __post_init__(self) -> None:
         s = self.settings
         sink: Sink = self.sink
-        spool: OffHubSpool | Spool = self.spool
-        if s.offload:
-            spool = OffHubSpool(self.spool)
-            if isinstance(sink, DirectorySink):
-                sink = OffHubSink(sink)
+        # the spool runs its own file system work off the hub (Spool(blocking=...), build_runtime)
+        spool = self.spool
+        if s.offload and isinstance(sink, DirectorySink):
+            sink = OffHubSink(sink)
         self.pipeline = CapturePipeline(
             policy=Policy(
                 capture_retries=s.capture_retries,
