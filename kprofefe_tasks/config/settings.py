@@ -138,7 +138,8 @@ class Settings:
     offload: bool = field(
         default=True,
         metadata=_doc(
-            "Keep the gevent hub free: spool and directory writes run in gevent's thread pool, gunzip and profile "
+            "Keep the gevent hub free: the spool's and the directory sink's file system work runs in a pool of two "
+            "threads, gunzip and profile "
             "inspection yield to the hub every few ms. `false` only to measure the difference (`python -m bench "
             "hublag`)."
         ),

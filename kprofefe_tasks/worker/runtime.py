@@ -33,7 +33,7 @@ PROFEFE_POOL = 1000  # connections to profefe: a gevent worker may upload hundre
 
 
 class OffHubSink:
-    """A file sink whose writes run in gevent's thread pool."""
+    """A file sink whose writes run in the offload pool (kprofefe_tasks.io.offload)."""
 
     def __init__(self, sink: DirectorySink) -> None:
         self.sink = sink
