@@ -77,8 +77,7 @@ def problems(s: Settings, *, leases: bool, cpu_seconds: int, held_spread: float 
     for its spread offset unacknowledged in a worker (Celery ETA tasks: AMQP, or ``task-sent`` events on)."""
     found: list[str] = []
     bound = s.capture_bound(cpu_seconds)
-    url = s.broker_url
-    if url.startswith("amqp") or url.startswith("pyamqp"):
+    if s.broker_url.startswith(("amqp", "pyamqp")):
         if bound + held_spread >= s.amqp_consumer_timeout:
             found.append(
                 f"KPROFEFE_AMQP_CONSUMER_TIMEOUT={s.amqp_consumer_timeout} (RabbitMQ's consumer_timeout) is not longer "

@@ -6,11 +6,12 @@ scored in the ``unacked_index`` sorted set with the time it was taken; any sweep
 its worker died or is still working on it. A capture waiting behind the rate limit, in upload retries or on a slow
 target was therefore taken a second time (issue 12 measured 338 pod requests for 180 captures).
 
-This consumer step turns the score into a lease: every ``visibility_timeout / RENEWALS`` seconds it sets the score
-of every message this worker still holds (reserved, waiting for its ETA, running, or finished and not acknowledged
-yet) to now, with ``ZADD XX`` so that a message acknowledged or handed back meanwhile is not written again. A live
-worker's captures never look expired, however long they run; a dead worker's stop being renewed and are handed back
-one visibility timeout after its last renewal, plus at most one sweep (:meth:`Settings.redelivery_bound`).
+This consumer step turns the score into a lease: every :meth:`Settings.sweep_interval` seconds (a quarter of the
+visibility timeout, the sweepers' period too) it sets the score of every message this worker still holds (reserved,
+waiting for its ETA, running, or finished and not acknowledged yet) to now, with ``ZADD XX`` so that a message
+acknowledged or handed back meanwhile is not written again. A live worker's captures never look expired, however
+long they run; a dead worker's stop being renewed and are handed back one visibility timeout after its last renewal,
+plus at most one sweep (:meth:`Settings.redelivery_bound`).
 
 What this worker holds is kombu's own record of it: the channel's ``QoS._delivered`` minus ``QoS._dirty`` (acked,
 not yet flushed). Those are private attributes, so leases are used only with the kombu minor version they were
@@ -18,7 +19,7 @@ written for (:func:`kprofefe_tasks.worker.compat.leases`); otherwise the start-u
 (:mod:`kprofefe_tasks.config.bounds`) requires a visibility timeout longer than the longest capture.
 
 The scores are compared across machines (a sweeper on one node, the lease holder on another): nodes' clocks must
-agree to well within ``visibility_timeout - visibility_timeout / RENEWALS`` (30 s with the defaults), as NTP gives.
+agree to well within the visibility timeout less one renewal period (30 s with the defaults), as NTP gives.
 """
 
 from __future__ import annotations
@@ -32,10 +33,10 @@ from typing import Any
 from celery import bootsteps
 
 from kprofefe_tasks import metrics
+from kprofefe_tasks.config.settings import get_settings
 
 log = logging.getLogger("kprofefe.leases")
 
-RENEWALS = 4  # renewals per visibility timeout: three may be missed (a Redis blip, a stalled loop) before a lease ends
 CHUNK = 1000  # tags per ZADD: a 500-slot worker renews in one command
 
 
@@ -81,7 +82,8 @@ class Leases(bootsteps.StartStopStep):  # type: ignore[misc]
     def __init__(self, c: Any, **kwargs: Any) -> None:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.interval = max(0.5, float(c.app.conf.broker_transport_options.get("visibility_timeout", 3600)) / RENEWALS)
+        # the sweepers' period: three renewals may be missed (a Redis blip, a stalled loop) before a lease ends
+        self.interval = get_settings().sweep_interval()
         super().__init__(c, **kwargs)
 
     def start(self, c: Any) -> None:

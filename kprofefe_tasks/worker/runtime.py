@@ -64,8 +64,6 @@ class Runtime:
     def __post_init__(self) -> None:
         s = self.settings
         sink: Sink = self.sink
-        # the spool runs its own file system work off the hub (Spool(blocking=...), build_runtime)
-        spool = self.spool
         if s.offload and isinstance(sink, DirectorySink):
             sink = OffHubSink(sink)
         self.pipeline = CapturePipeline(
@@ -79,7 +77,7 @@ class Runtime:
             ledger=self.rounds,
             fetch=self.fetch,
             sink=sink,
-            spool=spool,
+            spool=self.spool,  # it runs its own file system work off the hub (Spool(blocking=...), build_runtime)
             lookup=self.sink if isinstance(self.sink, ProfefeSink) else None,
             pods=self,
             cpu_lock=lambda name: coordination.Lock(self.redis, name),
